@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# `make test`: lint, unit tests, then the end-to-end tests against real Kafka and a
+# real engine. With CITYPOP_ENGINE set, the end-to-end tests run against that engine;
+# unset, they run against Elasticsearch and then OpenSearch (the compatibility pass).
+# A stack that was already running is used and left running; one started here is
+# stopped here, whatever the outcome.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+stack=deploy/local/stack.sh
+
+engines=${CITYPOP_ENGINE:-"elasticsearch opensearch"}
+started=""
+cleanup() {
+  if [[ -n "$started" ]]; then
+    CITYPOP_ENGINE="$started" "$stack" down || true
+  fi
+}
+trap cleanup EXIT
+
+make --no-print-directory lint
+echo "==> unit tests"
+cargo test --workspace --locked --lib --bins
+echo "==> building the services for the end-to-end tests"
+cargo build --workspace --bins --locked
+cargo test -p citypop-tests --locked --no-run
+
+for engine in $engines; do
+  export CITYPOP_ENGINE="$engine"
+  if "$stack" status >/dev/null 2>&1; then
+    echo "==> using the running $engine stack"
+  else
+    "$stack" up
+    started="$engine"
+  fi
+  export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:${CITYPOP_KAFKA_PORT:-9092}"
+  export ELASTICSEARCH_URL="http://127.0.0.1:${CITYPOP_ENGINE_PORT:-9200}"
+  echo "==> end-to-end tests against Kafka at $KAFKA_BOOTSTRAP_SERVERS and $engine at $ELASTICSEARCH_URL"
+  cargo test -p citypop-tests --locked -- --test-threads="${CITYPOP_TEST_THREADS:-4}"
+  if [[ -n "$started" ]]; then
+    "$stack" down
+    started=""
+  fi
+done

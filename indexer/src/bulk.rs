@@ -1,0 +1,201 @@
+//! Stages 5 and 6: the `_bulk` request with external versions, and the judgement of
+//! its response item by item.
+
+use bytes::Bytes;
+use elasticsearch::{BulkParts, Elasticsearch};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::decode::Write;
+
+/// What became of one document of a bulk request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemOutcome {
+    Created,
+    Updated,
+    Deleted,
+    /// A version conflict: the index already holds this event or a newer one.
+    Stale,
+    /// The engine is overloaded or failing (429, 5xx): send the item again.
+    Retry(String),
+    /// The engine refused the document itself (other 4xx): dead-letter it.
+    Rejected(String),
+}
+
+/// The whole request failed: nothing is known about any item, so all are retried.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RequestFailed(pub String);
+
+pub struct BulkWriter {
+    client: Elasticsearch,
+    alias: String,
+}
+
+impl BulkWriter {
+    pub fn new(client: Elasticsearch, alias: String) -> Self {
+        Self { client, alias }
+    }
+
+    /// Sends the writes through the alias; outcomes come back in the same order.
+    pub async fn send(&self, writes: &[&Write]) -> Result<Vec<ItemOutcome>, RequestFailed> {
+        let body = encode(writes);
+        let response = self
+            .client
+            .bulk(BulkParts::Index(&self.alias))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| RequestFailed(format!("bulk request failed: {e}")))?;
+        let status = response.status_code();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(RequestFailed(format!(
+                "bulk request answered {status}: {}",
+                truncate(&text)
+            )));
+        }
+        let parsed: BulkResponse = response
+            .json()
+            .await
+            .map_err(|e| RequestFailed(format!("unreadable bulk response: {e}")))?;
+        if parsed.items.len() != writes.len() {
+            return Err(RequestFailed(format!(
+                "bulk response has {} items for {} writes",
+                parsed.items.len(),
+                writes.len()
+            )));
+        }
+        Ok(parsed
+            .items
+            .iter()
+            .zip(writes)
+            .map(|(item, write)| {
+                let result = item.values().next().cloned().unwrap_or_default();
+                classify(&result, write.document.deleted)
+            })
+            .collect())
+    }
+}
+
+/// The NDJSON body: an `index` action carrying the offset as external version, then
+/// the document. Each element is one line.
+pub fn encode(writes: &[&Write]) -> Vec<Bytes> {
+    let mut lines = Vec::with_capacity(writes.len() * 2);
+    for write in writes {
+        let action = json!({"index": {
+            "_id": write.key(),
+            "version": write.version(),
+            "version_type": "external",
+        }});
+        lines.push(Bytes::from(action.to_string()));
+        // Serialising a struct of strings and numbers cannot fail.
+        let document = serde_json::to_vec(&write.document).unwrap_or_default();
+        lines.push(Bytes::from(document));
+    }
+    lines
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ItemResult {
+    #[serde(default)]
+    status: u16,
+    #[serde(default)]
+    result: Option<String>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct BulkResponse {
+    items: Vec<std::collections::HashMap<String, ItemResult>>,
+}
+
+pub fn classify(item: &ItemResult, is_delete: bool) -> ItemOutcome {
+    let error = || {
+        item.error
+            .as_ref()
+            .map(|e| truncate(&e.to_string()).to_owned())
+            .unwrap_or_else(|| format!("status {}", item.status))
+    };
+    match item.status {
+        200..=299 if is_delete => ItemOutcome::Deleted,
+        200..=299 if item.result.as_deref() == Some("created") => ItemOutcome::Created,
+        200..=299 => ItemOutcome::Updated,
+        409 => ItemOutcome::Stale,
+        429 | 500..=599 => ItemOutcome::Retry(error()),
+        _ => ItemOutcome::Rejected(error()),
+    }
+}
+
+/// Error bodies can be large; the first KiB says what went wrong.
+fn truncate(text: &str) -> &str {
+    match text.char_indices().nth(1024) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use citypop_schemas::document::CityDocument;
+
+    fn item(status: u16, result: Option<&str>) -> ItemResult {
+        ItemResult {
+            status,
+            result: result.map(str::to_owned),
+            error: (status >= 300).then(|| json!({"type": "x"})),
+        }
+    }
+
+    #[test]
+    fn items_are_classified_by_status() {
+        assert_eq!(
+            classify(&item(201, Some("created")), false),
+            ItemOutcome::Created
+        );
+        assert_eq!(
+            classify(&item(200, Some("updated")), false),
+            ItemOutcome::Updated
+        );
+        assert_eq!(
+            classify(&item(200, Some("updated")), true),
+            ItemOutcome::Deleted
+        );
+        assert_eq!(classify(&item(409, None), false), ItemOutcome::Stale);
+        assert!(matches!(
+            classify(&item(429, None), false),
+            ItemOutcome::Retry(_)
+        ));
+        assert!(matches!(
+            classify(&item(503, None), false),
+            ItemOutcome::Retry(_)
+        ));
+        assert!(matches!(
+            classify(&item(400, None), false),
+            ItemOutcome::Rejected(_)
+        ));
+        assert!(matches!(
+            classify(&item(404, None), false),
+            ItemOutcome::Rejected(_)
+        ));
+    }
+
+    #[test]
+    fn actions_carry_the_offset_as_external_version() {
+        let write = Write {
+            document: CityDocument::deleted("paris", None, 0, 3, 42),
+            occurred_at_micros: 0,
+        };
+        let lines = encode(&[&write]);
+        assert_eq!(lines.len(), 2);
+        let action: Value = serde_json::from_slice(&lines[0]).unwrap();
+        assert_eq!(
+            action,
+            json!({"index": {"_id": "paris", "version": 42, "version_type": "external"}})
+        );
+        let document: Value = serde_json::from_slice(&lines[1]).unwrap();
+        assert_eq!(document["deleted"], true);
+    }
+}

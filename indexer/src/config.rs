@@ -1,0 +1,89 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use citypop_runtime::{EngineArgs, KafkaArgs, LogArgs};
+
+/// citypop indexer: consumes city updates from Kafka and writes them to the search
+/// index in versioned bulk requests, with retries and a dead-letter topic.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "indexer", version)]
+pub struct Config {
+    /// Address of the health and metrics endpoint (/livez, /readyz, /metrics).
+    #[arg(long, env = "CITYPOP_HEALTH_LISTEN", default_value = "127.0.0.1:8081")]
+    pub health_listen: SocketAddr,
+
+    /// Kafka consumer group; every indexer of one deployment shares it.
+    #[arg(
+        long,
+        env = "CITYPOP_CONSUMER_GROUP",
+        default_value = "citypop-indexer"
+    )]
+    pub consumer_group: String,
+
+    /// Dead-letter topic [default: <topic>.dlq].
+    #[arg(long, env = "CITYPOP_DLQ_TOPIC")]
+    pub dlq_topic: Option<String>,
+
+    /// Partitions of the main topic when the indexer creates it; fixed afterwards,
+    /// since a city's partition must never change.
+    #[arg(long, env = "CITYPOP_TOPIC_PARTITIONS", default_value_t = 12)]
+    pub topic_partitions: i32,
+
+    /// Replication factor of topics the indexer creates; -1 takes the broker's default.
+    #[arg(long, env = "CITYPOP_TOPIC_REPLICATION_FACTOR", default_value_t = -1, allow_negative_numbers = true)]
+    pub topic_replication_factor: i32,
+
+    /// Primary shards of each index.
+    #[arg(long, env = "CITYPOP_INDEX_SHARDS", default_value_t = 1)]
+    pub index_shards: u32,
+
+    /// Replicas of each index.
+    #[arg(long, env = "CITYPOP_INDEX_REPLICAS", default_value_t = 1)]
+    pub index_replicas: u32,
+
+    /// A bulk request is sent when it holds this many events...
+    #[arg(long, env = "CITYPOP_BATCH_MAX_EVENTS", default_value_t = 5000)]
+    pub batch_max_events: usize,
+
+    /// ...or this many bytes of Kafka payload...
+    #[arg(long, env = "CITYPOP_BATCH_MAX_BYTES", default_value_t = 5 * 1024 * 1024)]
+    pub batch_max_bytes: usize,
+
+    /// ...or when its first event has waited this long.
+    #[arg(long, env = "CITYPOP_BATCH_LINGER", default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub batch_linger: Duration,
+
+    /// First delay before retrying a failed bulk request.
+    #[arg(long, env = "CITYPOP_RETRY_MIN_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub retry_min_delay: Duration,
+
+    /// Cap on the delay between retries (exponential, full jitter).
+    #[arg(long, env = "CITYPOP_RETRY_MAX_DELAY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub retry_max_delay: Duration,
+
+    /// Retries of one bulk request before the indexer exits (0 = retry forever).
+    /// Exiting loses nothing: uncommitted events are consumed again on restart.
+    #[arg(long, env = "CITYPOP_RETRY_MAX_ATTEMPTS", default_value_t = 0)]
+    pub retry_max_attempts: usize,
+
+    /// How often stored offsets are committed to Kafka.
+    #[arg(long, env = "CITYPOP_COMMIT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub commit_interval: Duration,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl Config {
+    pub fn dlq_topic(&self) -> String {
+        self.dlq_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", self.kafka.topic))
+    }
+}

@@ -1,0 +1,221 @@
+//! Stage 3: turning a Kafka message into the document write it asks for, or naming
+//! why it is poison.
+
+use citypop_schemas::CityKey;
+use citypop_schemas::document::CityDocument;
+use citypop_schemas::event::{self, Codec, DecodeError};
+use rdkafka::Message;
+use rdkafka::message::{Headers, OwnedMessage};
+
+/// Why a message went to the dead-letter topic; the value of `citypop.dlq.reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadLetterReason {
+    /// Not a citypop event: bad key, not single-object encoded, corrupt body.
+    Decode,
+    /// Written with a schema this indexer does not know.
+    Schema,
+    /// The engine refused the document (a mapping error, say).
+    Rejected,
+}
+
+impl DeadLetterReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Decode => "decode",
+            Self::Schema => "schema",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// One document write, versioned by the offset of the message it came from.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub document: CityDocument,
+    /// When the write was accepted upstream, for the end-to-end latency metric.
+    pub occurred_at_micros: i64,
+}
+
+impl Write {
+    pub fn key(&self) -> &str {
+        &self.document.key
+    }
+
+    pub fn version(&self) -> i64 {
+        self.document.version
+    }
+}
+
+#[derive(Debug)]
+pub enum Decoded {
+    Write(Write),
+    Poison {
+        reason: DeadLetterReason,
+        error: String,
+    },
+}
+
+pub fn decode(codec: &Codec, message: &OwnedMessage) -> Decoded {
+    match try_decode(codec, message) {
+        Ok(write) => Decoded::Write(write),
+        Err((reason, error)) => Decoded::Poison { reason, error },
+    }
+}
+
+fn try_decode(codec: &Codec, message: &OwnedMessage) -> Result<Write, (DeadLetterReason, String)> {
+    let decode_error = |error: String| (DeadLetterReason::Decode, error);
+    let key = message
+        .key()
+        .ok_or_else(|| decode_error("message has no key".into()))?;
+    let key = std::str::from_utf8(key).map_err(|_| decode_error("key is not utf-8".into()))?;
+    // The key is the document id; one that is not already a normalised city key
+    // would create a second document for the same city.
+    match CityKey::parse(key) {
+        Ok(parsed) if parsed.as_str() == key => {}
+        Ok(parsed) => {
+            return Err(decode_error(format!(
+                "key {key:?} is not normalised (expected {:?})",
+                parsed.as_str()
+            )));
+        }
+        Err(e) => return Err(decode_error(format!("key {key:?} is not a city key: {e}"))),
+    }
+    let (partition, offset) = (message.partition(), message.offset());
+
+    let Some(payload) = message.payload() else {
+        let event_id = header_text(message, event::HEADER_EVENT_ID);
+        let occurred_at = header_text(message, event::HEADER_OCCURRED_AT)
+            .and_then(|t| t.parse().ok())
+            .or_else(|| message.timestamp().to_millis().map(|ms| ms * 1000))
+            .unwrap_or_default();
+        return Ok(Write {
+            document: CityDocument::deleted(key, event_id, occurred_at, partition, offset),
+            occurred_at_micros: occurred_at,
+        });
+    };
+
+    let event = codec.decode(payload).map_err(|error| match error {
+        DecodeError::UnknownSchema(_) => (DeadLetterReason::Schema, error.to_string()),
+        DecodeError::NotSingleObject(_) | DecodeError::Corrupt(_) => {
+            decode_error(error.to_string())
+        }
+    })?;
+    match CityKey::parse(&event.city) {
+        Ok(city_key) if city_key.as_str() == key => {}
+        _ => {
+            return Err(decode_error(format!(
+                "city {:?} does not match key {key:?}",
+                event.city
+            )));
+        }
+    }
+    Ok(Write {
+        occurred_at_micros: event.occurred_at,
+        document: CityDocument::from_event(key, &event, partition, offset),
+    })
+}
+
+fn header_text(message: &OwnedMessage, name: &str) -> Option<String> {
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use citypop_schemas::event::CityPopulationUpdated;
+    use rdkafka::Timestamp;
+    use rdkafka::message::{Header, OwnedHeaders};
+
+    fn message(
+        key: &[u8],
+        payload: Option<Vec<u8>>,
+        headers: Option<OwnedHeaders>,
+    ) -> OwnedMessage {
+        OwnedMessage::new(
+            payload,
+            Some(key.to_vec()),
+            "t".into(),
+            Timestamp::CreateTime(5),
+            2,
+            40,
+            headers,
+        )
+    }
+
+    fn event(city: &str) -> CityPopulationUpdated {
+        CityPopulationUpdated {
+            event_id: "id".into(),
+            city: city.into(),
+            population: 12,
+            occurred_at: 77,
+        }
+    }
+
+    #[test]
+    fn an_event_becomes_a_versioned_document() {
+        let codec = Codec::new();
+        let payload = codec.encode(&event("Paris")).unwrap();
+        let Decoded::Write(write) = decode(&codec, &message(b"paris", Some(payload), None)) else {
+            panic!("expected a write");
+        };
+        assert_eq!(write.key(), "paris");
+        assert_eq!(write.version(), 40);
+        assert_eq!(write.document.partition, 2);
+        assert_eq!(write.document.population, Some(12));
+        assert!(!write.document.deleted);
+    }
+
+    #[test]
+    fn a_tombstone_becomes_a_soft_delete() {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: event::HEADER_EVENT_ID,
+                value: Some("e1"),
+            })
+            .insert(Header {
+                key: event::HEADER_OCCURRED_AT,
+                value: Some("123"),
+            });
+        let Decoded::Write(write) = decode(&Codec::new(), &message(b"paris", None, Some(headers)))
+        else {
+            panic!("expected a write");
+        };
+        assert!(write.document.deleted);
+        assert_eq!(write.document.event_id.as_deref(), Some("e1"));
+        assert_eq!(write.occurred_at_micros, 123);
+    }
+
+    #[test]
+    fn poison_is_classified() {
+        let codec = Codec::new();
+        let reason = |m: OwnedMessage| match decode(&codec, &m) {
+            Decoded::Poison { reason, .. } => reason,
+            Decoded::Write(_) => panic!("expected poison"),
+        };
+        let good = codec.encode(&event("Paris")).unwrap();
+        assert_eq!(
+            reason(message(b"paris", Some(b"{}".to_vec()), None)),
+            DeadLetterReason::Decode
+        );
+        assert_eq!(
+            reason(message(b"Paris", Some(good.clone()), None)),
+            DeadLetterReason::Decode
+        );
+        assert_eq!(
+            reason(message(b"lyon", Some(good.clone()), None)),
+            DeadLetterReason::Decode
+        );
+        let mut unknown = good;
+        unknown[2] ^= 0xff;
+        assert_eq!(
+            reason(message(b"paris", Some(unknown), None)),
+            DeadLetterReason::Schema
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! `/livez`, `/readyz` and `/metrics` on their own port.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+/// What readiness is made of. Ready means: set-up finished and the engine accepts
+/// writes. While bulk requests fail, the indexer is alive but not ready.
+#[derive(Debug, Default)]
+pub struct Health {
+    set_up: AtomicBool,
+    engine_writable: AtomicBool,
+}
+
+impl Health {
+    pub fn set_up_done(&self) {
+        self.engine_writable.store(true, Ordering::Relaxed);
+        self.set_up.store(true, Ordering::Relaxed);
+    }
+
+    pub fn engine_writable(&self, writable: bool) {
+        self.engine_writable.store(writable, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.set_up.load(Ordering::Relaxed) && self.engine_writable.load(Ordering::Relaxed)
+    }
+}
+
+struct Shared {
+    health: Arc<Health>,
+    registry: Registry,
+}
+
+/// Binds the health port; the server runs until the process ends, so readiness can
+/// be watched through shutdown too.
+pub async fn serve(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    registry: Registry,
+) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the health endpoint on {addr}"))?;
+    let local = listener.local_addr()?;
+    let router = Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(Arc::new(Shared { health, registry }));
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::error!(%error, "health endpoint stopped");
+        }
+    });
+    Ok(local)
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
+    if shared.health.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    citypop_runtime::metrics_response(&shared.registry)
+}

@@ -1,0 +1,94 @@
+//! citypop indexer: Kafka topic → search index.
+//!
+//! Delivery semantics: **at-least-once delivery with an exactly-once effect.**
+//! - Every document is written with `version_type=external` and the event's Kafka
+//!   offset as its version. A re-delivered or replayed event is a version conflict,
+//!   counted as success; nothing older can overwrite anything newer.
+//! - An offset is stored, and later committed, only once everything below it is
+//!   indexed, skipped as stale, or acknowledged on the dead-letter topic.
+//! - Transient failures (refused connection, timeout, 429, 5xx) are retried with
+//!   exponential backoff and full jitter; they never dead-letter and never lose data.
+//! - Poison (undecodable messages, unknown schemas, documents the engine rejects)
+//!   goes to the dead-letter topic with its original key, value and headers.
+//! - On SIGTERM it stops fetching, finishes the batch in flight, commits and exits.
+//!
+//! The stages, one module each: [`consume`] → [`decode`] → [`batch`] →
+//! [`coalesce`] → [`bulk`] → [`dead_letter`] → [`commit`], joined in [`pipeline`].
+
+pub mod batch;
+pub mod bulk;
+pub mod coalesce;
+pub mod commit;
+pub mod config;
+pub mod consume;
+pub mod dead_letter;
+pub mod decode;
+pub mod health;
+pub mod metrics;
+pub mod pipeline;
+pub mod retry;
+pub mod setup;
+
+use std::sync::Arc;
+
+use citypop_schemas::event::Codec;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+pub use config::Config;
+
+/// Runs the indexer until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let health = Arc::new(health::Health::default());
+    let mut registry = Registry::default();
+    let metrics = metrics::Metrics::register(&mut registry);
+    let health_addr = health::serve(config.health_listen, health.clone(), registry).await?;
+    tracing::info!(listen = %health_addr, "health endpoint listening");
+
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+
+    let client = config.engine.client()?;
+    // Waiting for the dependencies can take long; a SIGTERM meanwhile ends it.
+    let mut waiting = stopped.clone();
+    tokio::select! {
+        result = async {
+            setup::ensure_topics(&config).await?;
+            setup::ensure_index(&client, &config).await
+        } => result?,
+        _ = waiting.changed() => return Ok(()),
+    }
+    health.set_up_done();
+
+    let pipeline = pipeline::Pipeline {
+        consumer: Arc::new(consume::create_consumer(&config)?),
+        codec: Codec::new(),
+        bulk: bulk::BulkWriter::new(client, config.engine.index_alias.clone()),
+        dead_letters: dead_letter::DeadLetters::new(&config.kafka, config.dlq_topic())?,
+        limits: batch::BatchLimits {
+            max_events: config.batch_max_events,
+            max_bytes: config.batch_max_bytes,
+            linger: config.batch_linger,
+        },
+        retry: retry::RetryPolicy {
+            min_delay: config.retry_min_delay,
+            max_delay: config.retry_max_delay,
+            max_attempts: config.retry_max_attempts,
+        },
+        health,
+        metrics,
+    };
+    tracing::info!(
+        topic = %config.kafka.topic,
+        group = %config.consumer_group,
+        alias = %config.engine.index_alias,
+        "indexer consuming"
+    );
+    pipeline.run(stopped).await
+}

@@ -1,0 +1,71 @@
+//! citypop producer-api: the HTTP front of the pipeline.
+//!
+//! Guarantees:
+//! - A `202 Accepted` is sent only after Kafka acknowledged the event with
+//!   `acks=all` from an idempotent producer; anything else is a 503 with
+//!   `Retry-After`, and the client may safely retry.
+//! - Requests are validated at the edge into `CityName` and `Population`; invalid
+//!   ones never reach Kafka and get an `application/problem+json` body.
+//! - Reads come straight from the search index alias; this service never writes to
+//!   the engine.
+
+mod city_index;
+pub mod config;
+mod problem;
+mod publisher;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+/// How long shutdown waits for Kafka to acknowledge writes still queued.
+const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A bound, not yet serving, producer-api.
+pub struct Application {
+    listener: TcpListener,
+    state: Arc<routes::AppState>,
+}
+
+impl Application {
+    /// Binds the listener and creates the clients; Kafka and the engine need not be
+    /// up yet (readiness reports them).
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let state = Arc::new(routes::AppState {
+            publisher: publisher::Publisher::new(&config.kafka, config.publish_timeout)?,
+            index: city_index::CityIndex::new(&config.engine)?,
+        });
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, lets requests in flight finish, then
+    /// flushes the producer so no acknowledged-pending write is dropped.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let router = routes::router(self.state.clone());
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving http")?;
+        let state = self.state;
+        tokio::task::spawn_blocking(move || state.publisher.flush(SHUTDOWN_FLUSH_TIMEOUT))
+            .await
+            .context("flushing the producer")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,209 @@
+//! City names and the city key derived from them.
+
+use std::fmt;
+
+use unicode_normalization::UnicodeNormalization;
+
+/// The longest display name accepted, in Unicode scalar values, after normalisation.
+pub const MAX_NAME_CHARS: usize = 200;
+
+/// The longest key accepted, in bytes of UTF-8: the key is the search engine's
+/// document id, which the engine caps at 512 bytes.
+pub const MAX_KEY_BYTES: usize = 512;
+
+/// Why a string is not a city name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CityNameError {
+    #[error("must not be empty or only whitespace")]
+    Empty,
+    #[error("must be at most {MAX_NAME_CHARS} characters, got {0}")]
+    TooLong(usize),
+    #[error("must not contain control characters")]
+    ControlCharacter,
+    #[error("its key must be at most {MAX_KEY_BYTES} bytes of UTF-8, got {0}")]
+    KeyTooLong(usize),
+}
+
+/// A city's display name as submitted: NFC-normalised and trimmed, otherwise untouched.
+///
+/// A valid name always has a valid [`CityKey`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CityName(String);
+
+impl CityName {
+    pub fn parse(raw: &str) -> Result<Self, CityNameError> {
+        // Control characters are refused anywhere, even where trimming would drop
+        // them: a name with a newline in it is a client bug worth reporting.
+        if raw.chars().any(char::is_control) {
+            return Err(CityNameError::ControlCharacter);
+        }
+        let name: String = raw.nfc().collect::<String>().trim().to_owned();
+        if name.is_empty() {
+            return Err(CityNameError::Empty);
+        }
+        let chars = name.chars().count();
+        if chars > MAX_NAME_CHARS {
+            return Err(CityNameError::TooLong(chars));
+        }
+        let key = CityKey::derive(&name);
+        if key.len() > MAX_KEY_BYTES {
+            return Err(CityNameError::KeyTooLong(key.len()));
+        }
+        Ok(Self(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn key(&self) -> CityKey {
+        CityKey(CityKey::derive(&self.0))
+    }
+}
+
+impl fmt::Display for CityName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The identity of a city: the Kafka message key and the search document id.
+///
+/// `"  PARIS "`, `"paris"` and `"Paris"` are one city. The key is the name
+/// NFC-normalised, trimmed, inner whitespace collapsed to one space, lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CityKey(String);
+
+impl CityKey {
+    /// The key of a raw name, with the same rules as [`CityName::parse`].
+    pub fn parse(raw: &str) -> Result<Self, CityNameError> {
+        CityName::parse(raw).map(|name| name.key())
+    }
+
+    fn derive(name: &str) -> String {
+        let collapsed = name.nfc().collect::<String>();
+        let collapsed = collapsed.split_whitespace().collect::<Vec<_>>().join(" ");
+        // Lower-casing can leave a string that is no longer in NFC (a capital letter
+        // with a dot above lowers to a letter plus a combining mark), so normalise
+        // again to keep the key a fixed point.
+        collapsed.to_lowercase().nfc().collect()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for CityKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn spellings_of_one_city_share_a_key() {
+        let key = CityKey::parse("paris").unwrap();
+        for raw in ["  PARIS ", "Paris", "pArIs"] {
+            assert_eq!(CityKey::parse(raw).unwrap(), key, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn composed_and_decomposed_forms_share_a_key() {
+        let composed = "S\u{e3}o Paulo";
+        let decomposed = "Sa\u{303}o Paulo";
+        assert_eq!(
+            CityKey::parse(composed).unwrap(),
+            CityKey::parse(decomposed).unwrap()
+        );
+        assert_eq!(CityName::parse(decomposed).unwrap().as_str(), composed);
+        assert_eq!(
+            CityKey::parse("ZÜRICH").unwrap(),
+            CityKey::parse("zürich").unwrap()
+        );
+    }
+
+    #[test]
+    fn dotted_capital_i_lowers_to_i_with_combining_dot() {
+        assert_eq!(
+            CityKey::parse("İstanbul").unwrap().as_str(),
+            "i\u{307}stanbul"
+        );
+    }
+
+    #[test]
+    fn inner_whitespace_collapses_in_the_key_but_not_the_name() {
+        let name = CityName::parse(" New   York ").unwrap();
+        assert_eq!(name.as_str(), "New   York");
+        assert_eq!(name.key().as_str(), "new york");
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        assert_eq!(CityName::parse("   "), Err(CityNameError::Empty));
+        assert_eq!(CityName::parse(""), Err(CityNameError::Empty));
+        assert_eq!(
+            CityName::parse("a\u{7}b"),
+            Err(CityNameError::ControlCharacter)
+        );
+        assert_eq!(
+            CityName::parse("a\nb"),
+            Err(CityNameError::ControlCharacter)
+        );
+        assert!(CityName::parse(&"a".repeat(MAX_NAME_CHARS)).is_ok());
+        assert_eq!(
+            CityName::parse(&"a".repeat(MAX_NAME_CHARS + 1)),
+            Err(CityNameError::TooLong(MAX_NAME_CHARS + 1))
+        );
+        // 200 four-byte characters make an 800-byte key.
+        assert_eq!(
+            CityName::parse(&"𝔸".repeat(MAX_NAME_CHARS)),
+            Err(CityNameError::KeyTooLong(800))
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn key_is_idempotent(raw in "\\PC{1,60}") {
+            if let Ok(key) = CityKey::parse(&raw) {
+                prop_assert_eq!(CityKey::parse(key.as_str()).unwrap(), key.clone());
+            }
+        }
+
+        #[test]
+        fn key_ignores_case_and_surrounding_whitespace(
+            raw in "[a-zA-Zà-ÿ]{1,20}( {1,3}[a-zA-Zà-ÿ]{1,20}){0,3}",
+            pad_left in "[ \u{a0}\u{2003}]{0,3}",
+            pad_right in "[ \u{a0}\u{2003}]{0,3}",
+        ) {
+            let key = CityKey::parse(&raw).unwrap();
+            let padded = format!("{pad_left}{}{pad_right}", raw.to_uppercase());
+            prop_assert_eq!(CityKey::parse(&padded).unwrap(), key.clone());
+            let spaced = raw.replace(' ', "  ");
+            prop_assert_eq!(CityKey::parse(&spaced).unwrap(), key);
+        }
+
+        #[test]
+        fn valid_names_have_valid_keys(raw in "\\PC{0,80}") {
+            if let Ok(name) = CityName::parse(&raw) {
+                let key = name.key();
+                prop_assert!(!key.is_empty());
+                prop_assert!(key.len() <= MAX_KEY_BYTES);
+                prop_assert!(!key.as_str().starts_with(' ') && !key.as_str().ends_with(' '));
+            }
+        }
+    }
+}

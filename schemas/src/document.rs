@@ -1,0 +1,143 @@
+//! The search document for one city, and the index mapping that holds it.
+//!
+//! The document id is the city key and the document's external version is the Kafka
+//! offset of the event it was built from, so the engine itself refuses anything older
+//! than what it holds.
+
+use chrono::{DateTime, SecondsFormat};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::event::CityPopulationUpdated;
+
+/// One city as indexed. A delete is kept as a document with `deleted: true` (a soft
+/// delete) so its version survives: a hard delete forgets its version after
+/// `index.gc_deletes`, and a late older event could then bring the city back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CityDocument {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub population: Option<i64>,
+    /// RFC 3339, from the event's `occurred_at`.
+    pub updated_at: String,
+    /// The Kafka offset of the event: the document's external version.
+    pub version: i64,
+    pub partition: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+impl CityDocument {
+    pub fn from_event(
+        key: &str,
+        event: &CityPopulationUpdated,
+        partition: i32,
+        offset: i64,
+    ) -> Self {
+        Self {
+            key: key.to_owned(),
+            name: Some(event.city.clone()),
+            population: Some(event.population),
+            updated_at: rfc3339_from_micros(event.occurred_at),
+            version: offset,
+            partition,
+            event_id: Some(event.event_id.clone()),
+            deleted: false,
+        }
+    }
+
+    pub fn deleted(
+        key: &str,
+        event_id: Option<String>,
+        occurred_at_micros: i64,
+        partition: i32,
+        offset: i64,
+    ) -> Self {
+        Self {
+            key: key.to_owned(),
+            name: None,
+            population: None,
+            updated_at: rfc3339_from_micros(occurred_at_micros),
+            version: offset,
+            partition,
+            event_id,
+            deleted: true,
+        }
+    }
+}
+
+/// Microseconds since the epoch as RFC 3339 UTC; out-of-range values clamp to the
+/// epoch rather than fail, since the timestamp is informational.
+pub fn rfc3339_from_micros(micros: i64) -> String {
+    DateTime::from_timestamp_micros(micros)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// The explicit mapping: `dynamic: strict` so a document with an unexpected field is
+/// rejected (and dead-lettered) instead of silently widening the mapping.
+pub fn mappings() -> Value {
+    json!({
+        "dynamic": "strict",
+        "properties": {
+            "key": {"type": "keyword"},
+            "name": {"type": "keyword"},
+            "population": {"type": "long"},
+            "updated_at": {"type": "date"},
+            "version": {"type": "long"},
+            "partition": {"type": "integer"},
+            "event_id": {"type": "keyword"},
+            "deleted": {"type": "boolean"}
+        }
+    })
+}
+
+/// The composable index template (`PUT _index_template/<name>`) for every index
+/// behind one alias. Composable templates exist in Elasticsearch 7.8+ and OpenSearch
+/// alike.
+pub fn index_template(index_pattern: &str, shards: u32, replicas: u32) -> Value {
+    json!({
+        "index_patterns": [index_pattern],
+        "template": {
+            "settings": {
+                "number_of_shards": shards,
+                "number_of_replicas": replicas
+            },
+            "mappings": mappings()
+        },
+        "_meta": {"managed_by": "citypop"}
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_document_field_is_mapped() {
+        let event = CityPopulationUpdated {
+            event_id: "e".into(),
+            city: "Paris".into(),
+            population: 1,
+            occurred_at: 1_700_000_000_123_456,
+        };
+        let doc = serde_json::to_value(CityDocument::from_event("paris", &event, 3, 42)).unwrap();
+        let mapped = mappings()["properties"].as_object().unwrap().clone();
+        for field in doc.as_object().unwrap().keys() {
+            assert!(mapped.contains_key(field), "{field} is not mapped");
+        }
+        assert_eq!(doc["updated_at"], "2023-11-14T22:13:20.123456Z");
+        assert_eq!(doc["version"], 42);
+    }
+
+    #[test]
+    fn deleted_documents_carry_no_population() {
+        let doc = serde_json::to_value(CityDocument::deleted("paris", None, 0, 0, 7)).unwrap();
+        assert_eq!(doc["deleted"], true);
+        assert!(doc.get("population").is_none());
+    }
+}

@@ -1,0 +1,278 @@
+//! The Kafka event `CityPopulationUpdated` and its Avro single-object codec.
+//!
+//! Every message is `C3 01`, the 8-byte little-endian CRC-64-AVRO (Rabin)
+//! fingerprint of its writer schema, then the Avro binary body. The reader looks the
+//! writer schema up by fingerprint and resolves it against the newest schema, so a
+//! message written with any published version stays readable.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use apache_avro::Schema;
+use apache_avro::rabin::Rabin;
+use serde::{Deserialize, Serialize};
+
+/// Every published version of the schema, oldest first. Versions are only ever
+/// added here (with defaults for new fields), never edited or removed: replay reads
+/// messages written years ago.
+pub const PUBLISHED_SCHEMAS: &[&str] = &[include_str!("../avro/city_population_updated.v1.avsc")];
+
+/// The marker that opens every single-object encoded message.
+const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
+const HEADER_LEN: usize = 10;
+
+/// Kafka `content-type` header value for event payloads.
+pub const CONTENT_TYPE: &str = "application/vnd.citypop.city-population-updated.v1+avro";
+
+/// Kafka header of a tombstone (a delete has no value to carry it): the event id.
+pub const HEADER_EVENT_ID: &str = "citypop.event_id";
+/// Kafka header of a tombstone: when the delete was accepted, in microseconds since
+/// the epoch, as decimal text.
+pub const HEADER_OCCURRED_AT: &str = "citypop.occurred_at";
+
+/// The record as the newest schema describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CityPopulationUpdated {
+    pub event_id: String,
+    pub city: String,
+    pub population: i64,
+    /// Microseconds since the Unix epoch.
+    pub occurred_at: i64,
+}
+
+/// An 8-byte schema fingerprint, shown in hex the way it appears on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 8]);
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+/// Why a payload could not be read. The kind decides the dead-letter reason.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not avro single-object encoded: {0}")]
+    NotSingleObject(&'static str),
+    #[error("unknown writer schema fingerprint {0}")]
+    UnknownSchema(Fingerprint),
+    #[error("corrupt avro body: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("could not encode event: {0}")]
+pub struct EncodeError(String);
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid avro schema: {0}")]
+pub struct SchemaError(String);
+
+/// Encodes with the newest schema; decodes anything written with a known one.
+#[derive(Debug, Clone)]
+pub struct Codec {
+    reader: Schema,
+    header: [u8; HEADER_LEN],
+    writers: HashMap<Fingerprint, Schema>,
+}
+
+impl Codec {
+    /// A codec that knows every schema in [`PUBLISHED_SCHEMAS`] and writes the newest.
+    pub fn new() -> Self {
+        // The published schemas are compiled in and covered by tests, so a parse
+        // failure is a build defect, not a runtime condition.
+        let schemas: Vec<Schema> = PUBLISHED_SCHEMAS
+            .iter()
+            .map(|json| Schema::parse_str(json).expect("published schemas parse"))
+            .collect();
+        let reader = schemas
+            .last()
+            .expect("at least one published schema")
+            .clone();
+        let mut header = [0; HEADER_LEN];
+        header[..2].copy_from_slice(&SINGLE_OBJECT_MARKER);
+        header[2..].copy_from_slice(&fingerprint(&reader).0);
+        let writers = schemas.into_iter().map(|s| (fingerprint(&s), s)).collect();
+        Self {
+            reader,
+            header,
+            writers,
+        }
+    }
+
+    /// Teaches the codec another writer schema (one from a newer producer, say), so
+    /// messages written with it can be read.
+    pub fn add_writer_schema(&mut self, json: &str) -> Result<Fingerprint, SchemaError> {
+        let schema = Schema::parse_str(json).map_err(|e| SchemaError(e.to_string()))?;
+        let fingerprint = fingerprint(&schema);
+        self.writers.insert(fingerprint, schema);
+        Ok(fingerprint)
+    }
+
+    /// The fingerprint every encoded message carries.
+    pub fn writer_fingerprint(&self) -> Fingerprint {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(&self.header[2..]);
+        Fingerprint(bytes)
+    }
+
+    pub fn encode(&self, event: &CityPopulationUpdated) -> Result<Vec<u8>, EncodeError> {
+        let value = apache_avro::to_value(event).map_err(|e| EncodeError(e.to_string()))?;
+        let body = apache_avro::to_avro_datum(&self.reader, value)
+            .map_err(|e| EncodeError(e.to_string()))?;
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+        out.extend_from_slice(&self.header);
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    pub fn decode(&self, payload: &[u8]) -> Result<CityPopulationUpdated, DecodeError> {
+        if payload.len() < HEADER_LEN {
+            return Err(DecodeError::NotSingleObject(
+                "shorter than the 10-byte header",
+            ));
+        }
+        if payload[..2] != SINGLE_OBJECT_MARKER {
+            return Err(DecodeError::NotSingleObject("missing the C3 01 marker"));
+        }
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(&payload[2..HEADER_LEN]);
+        let fingerprint = Fingerprint(bytes);
+        let writer = self
+            .writers
+            .get(&fingerprint)
+            .ok_or(DecodeError::UnknownSchema(fingerprint))?;
+        let mut body = &payload[HEADER_LEN..];
+        let value = apache_avro::from_avro_datum(writer, &mut body, Some(&self.reader))
+            .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+        if !body.is_empty() {
+            return Err(DecodeError::Corrupt(format!(
+                "{} trailing bytes after the record",
+                body.len()
+            )));
+        }
+        apache_avro::from_value(&value).map_err(|e| DecodeError::Corrupt(e.to_string()))
+    }
+}
+
+impl Default for Codec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn fingerprint(schema: &Schema) -> Fingerprint {
+    let mut bytes = [0; 8];
+    bytes.copy_from_slice(&schema.fingerprint::<Rabin>().bytes);
+    Fingerprint(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn event(city: &str, population: i64, occurred_at: i64) -> CityPopulationUpdated {
+        CityPopulationUpdated {
+            event_id: "0190b6a0-0000-7000-8000-000000000000".into(),
+            city: city.into(),
+            population,
+            occurred_at,
+        }
+    }
+
+    #[test]
+    fn encoding_is_single_object() {
+        let codec = Codec::new();
+        let bytes = codec.encode(&event("Paris", 2_102_650, 1)).unwrap();
+        assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+        assert_eq!(&bytes[2..10], &codec.writer_fingerprint().0);
+    }
+
+    #[test]
+    fn decode_errors_are_classified() {
+        let codec = Codec::new();
+        assert!(matches!(
+            codec.decode(b"{\"city\":\"Paris\"}"),
+            Err(DecodeError::NotSingleObject(_))
+        ));
+        assert!(matches!(
+            codec.decode(&[0xC3]),
+            Err(DecodeError::NotSingleObject(_))
+        ));
+        let unknown = [0xC3, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 0];
+        assert!(matches!(
+            codec.decode(&unknown),
+            Err(DecodeError::UnknownSchema(_))
+        ));
+
+        let mut good = codec.encode(&event("Paris", 1, 1)).unwrap();
+        let truncated = &good[..good.len() - 3];
+        assert!(matches!(
+            codec.decode(truncated),
+            Err(DecodeError::Corrupt(_))
+        ));
+        good.push(0);
+        assert!(matches!(codec.decode(&good), Err(DecodeError::Corrupt(_))));
+    }
+
+    #[test]
+    fn a_newer_writer_schema_is_read_once_known() {
+        // A future v2 that adds a field with a default, as the contract allows.
+        let v2 = r#"{"type":"record","name":"CityPopulationUpdated","namespace":"io.citypop.events",
+            "fields":[{"name":"event_id","type":"string"},{"name":"city","type":"string"},
+            {"name":"population","type":"long"},
+            {"name":"occurred_at","type":{"type":"long","logicalType":"timestamp-micros"}},
+            {"name":"country","type":"string","default":""}]}"#;
+        let v2_schema = Schema::parse_str(v2).unwrap();
+        let value = apache_avro::types::Value::Record(vec![
+            (
+                "event_id".into(),
+                apache_avro::types::Value::String("e".into()),
+            ),
+            (
+                "city".into(),
+                apache_avro::types::Value::String("Lyon".into()),
+            ),
+            ("population".into(), apache_avro::types::Value::Long(7)),
+            (
+                "occurred_at".into(),
+                apache_avro::types::Value::TimestampMicros(9),
+            ),
+            (
+                "country".into(),
+                apache_avro::types::Value::String("FR".into()),
+            ),
+        ]);
+        let mut payload = vec![0xC3, 0x01];
+        payload.extend_from_slice(&fingerprint(&v2_schema).0);
+        payload.extend(apache_avro::to_avro_datum(&v2_schema, value).unwrap());
+
+        let mut codec = Codec::new();
+        assert!(matches!(
+            codec.decode(&payload),
+            Err(DecodeError::UnknownSchema(_))
+        ));
+        codec.add_writer_schema(v2).unwrap();
+        let decoded = codec.decode(&payload).unwrap();
+        assert_eq!(decoded.city, "Lyon");
+        assert_eq!(decoded.population, 7);
+        assert_eq!(decoded.occurred_at, 9);
+    }
+
+    proptest! {
+        #[test]
+        fn codec_round_trips(
+            id in "[0-9a-f-]{36}",
+            city in "\\PC{1,200}",
+            population in 0i64..=10_000_000_000,
+            occurred_at in any::<i64>(),
+        ) {
+            let codec = Codec::new();
+            let original = CityPopulationUpdated { event_id: id, city, population, occurred_at };
+            let decoded = codec.decode(&codec.encode(&original).unwrap()).unwrap();
+            prop_assert_eq!(decoded, original);
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Harness for citypop's end-to-end tests: real Kafka, a real search engine, and
+//! the real `producer-api` and `indexer` binaries started as child processes, each
+//! test with its own topic, consumer group and index alias so tests run in parallel.
+//!
+//! Endpoints come from `KAFKA_BOOTSTRAP_SERVERS` and `ELASTICSEARCH_URL`. When they
+//! are unset or unreachable the tests fail and say how to start the stack.
+
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const HOW_TO_START: &str = "start the local stack with `make stack-up` and export \
+KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 ELASTICSEARCH_URL=http://127.0.0.1:9200, or run `make test`, which does both";
+
+/// How long a spawned service may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The real services the tests run against.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub kafka: String,
+    pub elasticsearch: String,
+}
+
+impl Stack {
+    /// Reads the endpoints and checks that both answer; panics with instructions
+    /// otherwise, so a missing stack is a failure, never a silent pass.
+    pub fn from_env() -> Self {
+        let kafka = std::env::var("KAFKA_BOOTSTRAP_SERVERS")
+            .unwrap_or_else(|_| panic!("KAFKA_BOOTSTRAP_SERVERS is not set: {HOW_TO_START}"));
+        let elasticsearch = std::env::var("ELASTICSEARCH_URL")
+            .unwrap_or_else(|_| panic!("ELASTICSEARCH_URL is not set: {HOW_TO_START}"));
+        let first_broker = kafka.split(',').next().unwrap_or_default().to_owned();
+        assert!(
+            reachable(&first_broker),
+            "kafka at {kafka} is unreachable: {HOW_TO_START}"
+        );
+        let engine_host = elasticsearch
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .trim_end_matches('/')
+            .to_owned();
+        assert!(
+            reachable(&engine_host),
+            "the search engine at {elasticsearch} is unreachable: {HOW_TO_START}"
+        );
+        Self {
+            kafka,
+            elasticsearch,
+        }
+    }
+}
+
+fn reachable(host_port: &str) -> bool {
+    host_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok())
+}
+
+/// Names no other test uses.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub topic: String,
+    pub alias: String,
+    pub group: String,
+}
+
+impl Names {
+    pub fn unique(test: &str) -> Self {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let base = format!("citypop-e2e-{test}-{}", &id[id.len() - 12..]);
+        Self {
+            topic: base.clone(),
+            alias: base.clone(),
+            group: base,
+        }
+    }
+
+    /// The same topic, read by another group into another index.
+    pub fn rebuild(&self, suffix: &str) -> Self {
+        Self {
+            topic: self.topic.clone(),
+            alias: format!("{}-{suffix}", self.alias),
+            group: format!("{}-{suffix}", self.group),
+        }
+    }
+}
+
+/// A spawned service; killed when dropped so a failing test leaves nothing behind.
+pub struct Service {
+    name: &'static str,
+    child: Child,
+    pub base_url: String,
+}
+
+impl Service {
+    /// Asks the service to stop (SIGTERM) and waits for it to exit.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop within 60 s of SIGTERM",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    // The port is free when returned; the service binds it a moment later.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+fn binary(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps; the services beside it.
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the services first with `cargo build --workspace --bins` (make test does)",
+        path.display()
+    );
+    path
+}
+
+async fn spawn(
+    name: &'static str,
+    envs: &[(&str, String)],
+    health_url: String,
+    base_url: String,
+) -> Service {
+    let mut command = Command::new(binary(name));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "CITYPOP_LOG",
+            std::env::var("CITYPOP_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null());
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    let mut service = Service {
+        name,
+        child,
+        base_url,
+    };
+    wait_ready(&mut service, &health_url).await;
+    service
+}
+
+async fn wait_ready(service: &mut Service, url: &str) {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let client = reqwest::Client::new();
+    loop {
+        if let Ok(Some(status)) = service.child.try_wait() {
+            panic!("{} exited during start-up with {status}", service.name);
+        }
+        if let Ok(response) = client.get(url).send().await
+            && response.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} not ready at {url} after {READY_TIMEOUT:?}",
+            service.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Starts an indexer for `names` and waits until it is ready.
+pub async fn spawn_indexer(stack: &Stack, names: &Names) -> Service {
+    let port = free_port();
+    let base_url = format!("http://127.0.0.1:{port}");
+    spawn(
+        "indexer",
+        &[
+            ("CITYPOP_KAFKA_BOOTSTRAP_SERVERS", stack.kafka.clone()),
+            ("CITYPOP_ELASTICSEARCH_URL", stack.elasticsearch.clone()),
+            ("CITYPOP_TOPIC", names.topic.clone()),
+            ("CITYPOP_INDEX_ALIAS", names.alias.clone()),
+            ("CITYPOP_CONSUMER_GROUP", names.group.clone()),
+            ("CITYPOP_HEALTH_LISTEN", format!("127.0.0.1:{port}")),
+            // One node: replicas could never be assigned.
+            ("CITYPOP_INDEX_REPLICAS", "0".into()),
+            ("CITYPOP_COMMIT_INTERVAL", "1s".into()),
+        ],
+        format!("{base_url}/readyz"),
+        base_url,
+    )
+    .await
+}
+
+/// Starts a producer-api for `names` and waits until it is ready (which needs the
+/// topic, so start an indexer first).
+pub async fn spawn_producer_api(stack: &Stack, names: &Names) -> Service {
+    let port = free_port();
+    let base_url = format!("http://127.0.0.1:{port}");
+    spawn(
+        "producer-api",
+        &[
+            ("CITYPOP_KAFKA_BOOTSTRAP_SERVERS", stack.kafka.clone()),
+            ("CITYPOP_ELASTICSEARCH_URL", stack.elasticsearch.clone()),
+            ("CITYPOP_TOPIC", names.topic.clone()),
+            ("CITYPOP_INDEX_ALIAS", names.alias.clone()),
+            ("CITYPOP_LISTEN", format!("127.0.0.1:{port}")),
+        ],
+        format!("{base_url}/readyz"),
+        base_url.clone(),
+    )
+    .await
+}
