@@ -41,15 +41,16 @@ pub struct Config {
     #[arg(long, env = "CITYPOP_INDEX_REPLICAS", default_value_t = 1)]
     pub index_replicas: u32,
 
-    /// A bulk request is sent when it holds this many events...
+    /// Largest batch in events. A batch becomes one bulk request as soon as it
+    /// reaches this, the byte limit or the linger time, whichever comes first.
     #[arg(long, env = "CITYPOP_BATCH_MAX_EVENTS", default_value_t = 5000)]
     pub batch_max_events: usize,
 
-    /// ...or this many bytes of Kafka payload...
+    /// Largest batch in bytes of Kafka key and payload.
     #[arg(long, env = "CITYPOP_BATCH_MAX_BYTES", default_value_t = 5 * 1024 * 1024)]
     pub batch_max_bytes: usize,
 
-    /// ...or when its first event has waited this long.
+    /// Longest time a batch's first event waits for more to join it.
     #[arg(long, env = "CITYPOP_BATCH_LINGER", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub batch_linger: Duration,
 

@@ -70,11 +70,6 @@ pub async fn ensure_topics(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The index pattern of every index behind `alias`.
-pub fn index_pattern(alias: &str) -> String {
-    format!("{alias}-*")
-}
-
 pub async fn ensure_index(client: &Elasticsearch, config: &Config) -> anyhow::Result<()> {
     wait_until_ready("elasticsearch", || async {
         client
@@ -88,19 +83,18 @@ pub async fn ensure_index(client: &Elasticsearch, config: &Config) -> anyhow::Re
     .await;
 
     let alias = &config.engine.index_alias;
-    let template = document::index_template(
-        &index_pattern(alias),
-        config.index_shards,
-        config.index_replicas,
-    );
-    client
+    let template = document::index_template(alias, config.index_shards, config.index_replicas);
+    let response = client
         .indices()
         .put_index_template(IndicesPutIndexTemplateParts::Name(alias))
         .body(template)
         .send()
-        .await?
-        .error_for_status_code()
-        .context("putting the index template")?;
+        .await?;
+    if !response.status_code().is_success() {
+        let status = response.status_code();
+        let body = response.text().await.unwrap_or_default();
+        bail!("cannot put index template {alias}: {status} {body}");
+    }
 
     let exists = client
         .indices()

@@ -17,8 +17,8 @@ pub struct EngineArgs {
     )]
     pub elasticsearch_url: Url,
 
-    /// Alias that reads and writes go through; indexes behind it are named
-    /// `<alias>-<timestamp>`.
+    /// Alias that reads and writes go through; the indexes behind it are named
+    /// `<alias>-…` and share the index template of the same name.
     #[arg(long, env = "CITYPOP_INDEX_ALIAS", default_value = "cities")]
     pub index_alias: String,
 

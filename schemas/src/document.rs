@@ -96,12 +96,16 @@ pub fn mappings() -> Value {
     })
 }
 
-/// The composable index template (`PUT _index_template/<name>`) for every index
-/// behind one alias. Composable templates exist in Elasticsearch 7.8+ and OpenSearch
-/// alike.
-pub fn index_template(index_pattern: &str, shards: u32, replicas: u32) -> Value {
+/// The composable index template (`PUT _index_template/<alias>`) for every index
+/// behind one alias, matching `<alias>-*`. Composable templates exist in
+/// Elasticsearch 7.8+ and OpenSearch alike.
+pub fn index_template(alias: &str, shards: u32, replicas: u32) -> Value {
     json!({
-        "index_patterns": [index_pattern],
+        "index_patterns": [index_pattern(alias)],
+        // The engine refuses two templates with overlapping patterns at one
+        // priority, and `cities-*` overlaps `cities-eu-*`. A longer alias is the more
+        // specific pattern, so its length is its priority and it wins.
+        "priority": alias.len(),
         "template": {
             "settings": {
                 "number_of_shards": shards,
@@ -111,6 +115,11 @@ pub fn index_template(index_pattern: &str, shards: u32, replicas: u32) -> Value 
         },
         "_meta": {"managed_by": "citypop"}
     })
+}
+
+/// The name pattern of every index behind `alias`.
+pub fn index_pattern(alias: &str) -> String {
+    format!("{alias}-*")
 }
 
 #[cfg(test)]
