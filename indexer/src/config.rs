@@ -20,6 +20,12 @@ pub struct Config {
     )]
     pub consumer_group: String,
 
+    /// Static group membership id (e.g. the pod name). A restarted member with the
+    /// same id takes its partitions back at once instead of waiting out the session
+    /// timeout and a rebalance.
+    #[arg(long, env = "CITYPOP_GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
+
     /// Dead-letter topic [default: <topic>.dlq].
     #[arg(long, env = "CITYPOP_DLQ_TOPIC")]
     pub dlq_topic: Option<String>,
@@ -70,6 +76,11 @@ pub struct Config {
     /// How often stored offsets are committed to Kafka.
     #[arg(long, env = "CITYPOP_COMMIT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub commit_interval: Duration,
+
+    /// After SIGTERM, how long the batch in flight may take to finish (retries
+    /// included) before it is abandoned uncommitted and the indexer exits.
+    #[arg(long, env = "CITYPOP_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
 
     #[command(flatten)]
     pub kafka: KafkaArgs,

@@ -1,26 +1,52 @@
 //! Stage 1: the consumer group, and reading one batch from it.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use anyhow::Context;
 use rdkafka::ClientContext;
-use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaResult;
+use rdkafka::message::OwnedMessage;
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use tokio::sync::watch;
 
 use crate::batch::{Batch, BatchLimits};
 use crate::config::Config;
+use crate::metrics::Metrics;
 
-/// Logs what the group does with this member; the offsets themselves are handled by
-/// librdkafka, which commits stored offsets on revocation when auto-commit is on.
-pub struct GroupContext;
+/// How often librdkafka reports lag and committed offsets for the metrics.
+const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
 
-impl ClientContext for GroupContext {}
+/// Prefetched data librdkafka may hold per partition set. It bounds the indexer's
+/// memory while the engine is slow: at most this much waits behind a paused batch.
+const PREFETCH_KBYTES: u32 = 16 * 1024;
+
+/// Commits stored offsets before partitions are taken away, and feeds librdkafka's
+/// statistics into the metrics.
+pub struct GroupContext {
+    metrics: Arc<Metrics>,
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        self.metrics.record_statistics(&statistics);
+    }
+}
 
 impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(partitions) => {
-                tracing::info!(partitions = partitions.count(), "partitions revoked")
+                // Commit what is stored now, so the next owner starts where this
+                // member's durable work ends rather than at the last timer commit.
+                if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+                    tracing::debug!(%error, "commit on revocation");
+                }
+                tracing::info!(partitions = partitions.count(), "partitions revoked");
             }
             Rebalance::Assign(partitions) => {
                 tracing::info!(partitions = partitions.count(), "partitions assigned")
@@ -32,17 +58,19 @@ impl ConsumerContext for GroupContext {
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
             Ok(()) => tracing::debug!(partitions = offsets.count(), "offsets committed"),
-            Err(error) => tracing::warn!(%error, "offset commit failed"),
+            Err(error) => tracing::debug!(%error, "offset commit"),
         }
     }
 }
 
 pub type GroupConsumer = StreamConsumer<GroupContext>;
 
-pub fn create_consumer(config: &Config) -> anyhow::Result<GroupConsumer> {
-    let consumer: GroupConsumer = config
-        .kafka
-        .client_config("citypop-indexer")
+pub fn create_consumer(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<GroupConsumer> {
+    let mut client_config = config.kafka.client_config("citypop-indexer");
+    if let Some(id) = &config.group_instance_id {
+        client_config.set("group.instance.id", id);
+    }
+    let consumer: GroupConsumer = client_config
         .set("group.id", &config.consumer_group)
         .set("auto.offset.reset", "earliest")
         // At-least-once: an offset is stored only once its event is indexed, skipped
@@ -53,7 +81,12 @@ pub fn create_consumer(config: &Config) -> anyhow::Result<GroupConsumer> {
             "auto.commit.interval.ms",
             config.commit_interval.as_millis().to_string(),
         )
-        .create_with_context(GroupContext)
+        .set("queued.max.messages.kbytes", PREFETCH_KBYTES.to_string())
+        .set(
+            "statistics.interval.ms",
+            STATISTICS_INTERVAL.as_millis().to_string(),
+        )
+        .create_with_context(GroupContext { metrics })
         .context("creating the kafka consumer")?;
     consumer
         .subscribe(&[&config.kafka.topic])
@@ -62,15 +95,20 @@ pub fn create_consumer(config: &Config) -> anyhow::Result<GroupConsumer> {
 }
 
 /// Waits for a first message, then gathers more until the batch is full or the
-/// first one has waited `linger`. `None` once shutdown was asked for.
+/// first one has waited `linger`. Messages carried over from a paused retry come
+/// first. `None` once `stop` turned true.
 pub async fn next_batch(
     consumer: &GroupConsumer,
     limits: &BatchLimits,
-    shutdown: &mut watch::Receiver<bool>,
+    carried: Vec<OwnedMessage>,
+    stop: &mut watch::Receiver<bool>,
 ) -> Option<Batch> {
     let mut batch = Batch::default();
+    for message in carried {
+        batch.push(message);
+    }
     while batch.is_empty() {
-        if *shutdown.borrow() {
+        if *stop.borrow() {
             return None;
         }
         tokio::select! {
@@ -78,7 +116,7 @@ pub async fn next_batch(
                 Ok(message) => batch.push(message.detach()),
                 Err(error) => tracing::warn!(%error, "kafka consume error"),
             },
-            _ = shutdown.changed() => return None,
+            _ = stop.changed() => return None,
         }
     }
     let deadline = tokio::time::Instant::now() + limits.linger;

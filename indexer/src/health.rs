@@ -10,29 +10,54 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-/// What readiness is made of. Ready means: set-up finished and the engine accepts
-/// writes. While bulk requests fail, the indexer is alive but not ready.
-#[derive(Debug, Default)]
+/// What readiness is made of: set-up finished, the engine accepts writes, and the
+/// topic is the incarnation the index was built from. The indexer stays alive (so
+/// its metrics can be scraped) but not ready while any of them is false.
+#[derive(Debug)]
 pub struct Health {
     set_up: AtomicBool,
     engine_writable: AtomicBool,
+    topic_matches: AtomicBool,
+    ready_gauge: Gauge,
 }
 
 impl Health {
+    pub fn new(ready_gauge: Gauge) -> Self {
+        Self {
+            set_up: AtomicBool::new(false),
+            engine_writable: AtomicBool::new(true),
+            topic_matches: AtomicBool::new(true),
+            ready_gauge,
+        }
+    }
+
     pub fn set_up_done(&self) {
-        self.engine_writable.store(true, Ordering::Relaxed);
         self.set_up.store(true, Ordering::Relaxed);
+        self.publish();
     }
 
     pub fn engine_writable(&self, writable: bool) {
         self.engine_writable.store(writable, Ordering::Relaxed);
+        self.publish();
+    }
+
+    pub fn topic_matches(&self, matches: bool) {
+        self.topic_matches.store(matches, Ordering::Relaxed);
+        self.publish();
     }
 
     pub fn is_ready(&self) -> bool {
-        self.set_up.load(Ordering::Relaxed) && self.engine_writable.load(Ordering::Relaxed)
+        self.set_up.load(Ordering::Relaxed)
+            && self.engine_writable.load(Ordering::Relaxed)
+            && self.topic_matches.load(Ordering::Relaxed)
+    }
+
+    fn publish(&self) {
+        self.ready_gauge.set(i64::from(self.is_ready()));
     }
 }
 

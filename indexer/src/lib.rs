@@ -13,7 +13,9 @@
 //! - On SIGTERM it stops fetching, finishes the batch in flight, commits and exits.
 //!
 //! The stages, one module each: [`consume`] → [`decode`] → [`batch`] →
-//! [`coalesce`] → [`bulk`] → [`dead_letter`] → [`commit`], joined in [`pipeline`].
+//! [`coalesce`] → [`bulk`] → [`dead_letter`] → [`commit`], joined in [`pipeline`];
+//! [`guard`] refuses to write into an index built from an earlier incarnation of
+//! the topic.
 
 pub mod batch;
 pub mod bulk;
@@ -23,13 +25,14 @@ pub mod config;
 pub mod consume;
 pub mod dead_letter;
 pub mod decode;
+pub mod guard;
 pub mod health;
 pub mod metrics;
 pub mod pipeline;
 pub mod retry;
 pub mod setup;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use citypop_schemas::event::Codec;
 use prometheus_client::registry::Registry;
@@ -37,21 +40,28 @@ use tokio::sync::watch;
 
 pub use config::Config;
 
-/// Runs the indexer until `shutdown` resolves.
+/// Runs the indexer until `shutdown` resolves, then stops as the delivery contract
+/// says: no new fetches, the batch in flight finished (or abandoned uncommitted once
+/// the grace period ends), stored offsets committed.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let health = Arc::new(health::Health::default());
     let mut registry = Registry::default();
-    let metrics = metrics::Metrics::register(&mut registry);
+    let metrics = Arc::new(metrics::Metrics::register(&mut registry));
+    let health = Arc::new(health::Health::new(metrics.ready.clone()));
     let health_addr = health::serve(config.health_listen, health.clone(), registry).await?;
     tracing::info!(listen = %health_addr, "health endpoint listening");
 
     let (stop, stopped) = watch::channel(false);
+    let (abort, aborted) = watch::channel(false);
+    let grace = config.shutdown_grace;
     tokio::spawn(async move {
         shutdown.await;
+        tracing::info!(grace = ?grace, "stopping: finishing the batch in flight");
         let _ = stop.send(true);
+        tokio::time::sleep(grace).await;
+        let _ = abort.send(true);
     });
 
     let client = config.engine.client()?;
@@ -67,10 +77,15 @@ pub async fn run(
     health.set_up_done();
 
     let pipeline = pipeline::Pipeline {
-        consumer: Arc::new(consume::create_consumer(&config)?),
+        consumer: Arc::new(consume::create_consumer(&config, metrics.clone())?),
         codec: Codec::new(),
-        bulk: bulk::BulkWriter::new(client, config.engine.index_alias.clone()),
+        bulk: bulk::BulkWriter::new(client.clone(), config.engine.index_alias.clone()),
         dead_letters: dead_letter::DeadLetters::new(&config.kafka, config.dlq_topic())?,
+        guard: guard::TopicGuard {
+            client,
+            alias: config.engine.index_alias.clone(),
+            topic: config.kafka.topic.clone(),
+        },
         limits: batch::BatchLimits {
             max_events: config.batch_max_events,
             max_bytes: config.batch_max_bytes,
@@ -83,6 +98,7 @@ pub async fn run(
         },
         health,
         metrics,
+        carried: Mutex::new(Vec::new()),
     };
     tracing::info!(
         topic = %config.kafka.topic,
@@ -90,5 +106,10 @@ pub async fn run(
         alias = %config.engine.index_alias,
         "indexer consuming"
     );
-    pipeline.run(stopped).await
+    pipeline
+        .run(pipeline::Signals {
+            stop: stopped,
+            abort: aborted,
+        })
+        .await
 }

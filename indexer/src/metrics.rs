@@ -2,10 +2,13 @@
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use rdkafka::statistics::Statistics;
 
 type Labels = [(&'static str, &'static str); 1];
+type PartitionLabels = [(&'static str, String); 1];
 
 pub struct Metrics {
     consumed: Counter,
@@ -15,6 +18,10 @@ pub struct Metrics {
     bulk_documents: Histogram,
     bulk_duration: Histogram,
     end_to_end_latency: Histogram,
+    consumer_lag: Family<PartitionLabels, Gauge>,
+    committed_offset: Family<PartitionLabels, Gauge>,
+    pub ready: Gauge,
+    pub topic_recreated: Gauge,
 }
 
 impl Metrics {
@@ -27,6 +34,10 @@ impl Metrics {
             bulk_documents: Histogram::new(exponential_buckets(1.0, 4.0, 8)),
             bulk_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             end_to_end_latency: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            consumer_lag: Family::default(),
+            committed_offset: Family::default(),
+            ready: Gauge::default(),
+            topic_recreated: Gauge::default(),
         };
         let registry = registry.sub_registry_with_prefix("citypop_indexer");
         registry.register(
@@ -64,6 +75,26 @@ impl Metrics {
             "Time from an event's occurred_at to its document being indexed",
             metrics.end_to_end_latency.clone(),
         );
+        registry.register(
+            "consumer_lag",
+            "Messages between the partition's end and the group's committed offset",
+            metrics.consumer_lag.clone(),
+        );
+        registry.register(
+            "committed_offset",
+            "The group's committed offset per assigned partition",
+            metrics.committed_offset.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 when set up, writing to the engine works and the topic is the one the index was built from",
+            metrics.ready.clone(),
+        );
+        registry.register(
+            "topic_recreated",
+            "1 while the indexer refuses to write because the topic was deleted and recreated",
+            metrics.topic_recreated.clone(),
+        );
         metrics
     }
 
@@ -92,5 +123,30 @@ impl Metrics {
 
     pub fn end_to_end(&self, seconds: f64) {
         self.end_to_end_latency.observe(seconds);
+    }
+
+    /// Takes lag and committed offsets from librdkafka's periodic statistics, for
+    /// the partitions this member is assigned.
+    pub fn record_statistics(&self, statistics: &Statistics) {
+        for topic in statistics.topics.values() {
+            for partition in topic.partitions.values() {
+                // librdkafka reports an internal "-1" partition and, until a
+                // partition is fetched, -1001 for unknown offsets.
+                if partition.partition < 0 || !partition.desired {
+                    continue;
+                }
+                let labels = [("partition", partition.partition.to_string())];
+                if partition.consumer_lag >= 0 {
+                    self.consumer_lag
+                        .get_or_create(&labels)
+                        .set(partition.consumer_lag);
+                }
+                if partition.committed_offset >= 0 {
+                    self.committed_offset
+                        .get_or_create(&labels)
+                        .set(partition.committed_offset);
+                }
+            }
+        }
     }
 }

@@ -2,8 +2,8 @@
 //! dead-letter → store offsets. One batch is in flight at a time, so offsets are
 //! stored in order and a stored offset never outruns the work below it.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use citypop_schemas::event::Codec;
 use rdkafka::Message;
@@ -18,15 +18,28 @@ use crate::commit::next_offsets;
 use crate::consume::{GroupConsumer, next_batch};
 use crate::dead_letter::DeadLetters;
 use crate::decode::{DeadLetterReason, Decoded, Write, decode};
+use crate::guard::TopicGuard;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
 
+/// How often the recreated-topic guard runs between batches (and while it refuses).
+const GUARD_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The two steps of a graceful stop.
+#[derive(Clone)]
+pub struct Signals {
+    /// Stop fetching; finish the batch in flight.
+    pub stop: watch::Receiver<bool>,
+    /// The grace period is over: abandon the batch in flight (it stays uncommitted).
+    pub abort: watch::Receiver<bool>,
+}
+
 /// Why the pipeline stopped before finishing a batch.
 #[derive(Debug, thiserror::Error)]
 pub enum Interrupted {
-    #[error("shutdown requested while retrying; the batch is left uncommitted")]
-    Shutdown,
+    #[error("the shutdown grace period ended during retries; the batch is left uncommitted")]
+    GraceElapsed,
     #[error("gave up after the configured retries: {0}")]
     RetriesExhausted(String),
 }
@@ -36,23 +49,36 @@ pub struct Pipeline {
     pub codec: Codec,
     pub bulk: BulkWriter,
     pub dead_letters: DeadLetters,
+    pub guard: TopicGuard,
     pub limits: BatchLimits,
     pub retry: RetryPolicy,
     pub health: Arc<Health>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// Messages that arrived while a batch was being retried; they open the next one.
+    pub carried: Mutex<Vec<OwnedMessage>>,
 }
 
 impl Pipeline {
-    /// Runs until `shutdown` turns true: the batch in flight is finished, stored
+    /// Runs until `signals.stop` turns true: the batch in flight is finished, stored
     /// offsets are committed, and it returns.
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn run(&self, signals: Signals) -> anyhow::Result<()> {
+        let mut stop = signals.stop.clone();
+        let mut next_guard_check = Instant::now();
         let outcome = loop {
-            let Some(batch) = next_batch(&self.consumer, &self.limits, &mut shutdown).await else {
+            if Instant::now() >= next_guard_check {
+                if !self.wait_until_topic_matches(&mut stop).await {
+                    break Ok(());
+                }
+                next_guard_check = Instant::now() + GUARD_INTERVAL;
+            }
+            let carried = std::mem::take(&mut *self.lock_carried());
+            let Some(batch) = next_batch(&self.consumer, &self.limits, carried, &mut stop).await
+            else {
                 break Ok(());
             };
-            match self.handle(&batch, &shutdown).await {
+            match self.handle(&batch, &signals.abort).await {
                 Ok(()) => self.store_offsets(&batch),
-                Err(Interrupted::Shutdown) => break Ok(()),
+                Err(Interrupted::GraceElapsed) => break Ok(()),
                 Err(error @ Interrupted::RetriesExhausted(_)) => break Err(error.into()),
             }
         };
@@ -60,10 +86,39 @@ impl Pipeline {
         outcome
     }
 
+    /// Runs the recreated-topic guard; while it finds a mismatch, refuses to write
+    /// (not ready, metric set) and checks again later. `false` once told to stop.
+    async fn wait_until_topic_matches(&self, stop: &mut watch::Receiver<bool>) -> bool {
+        loop {
+            match self.guard.check(&self.consumer).await {
+                Ok(Ok(())) => {
+                    self.metrics.topic_recreated.set(0);
+                    self.health.topic_matches(true);
+                    return true;
+                }
+                Ok(Err(mismatch)) => {
+                    tracing::error!(error = %mismatch, "refusing to write");
+                    self.metrics.topic_recreated.set(1);
+                    self.health.topic_matches(false);
+                }
+                // The engine or Kafka being down is the retry loop's business; the
+                // guard runs again at its next interval.
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), "recreated-topic check failed");
+                    return true;
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(GUARD_INTERVAL) => {}
+                _ = stop.changed() => return false,
+            }
+        }
+    }
+
     async fn handle(
         &self,
         batch: &Batch,
-        shutdown: &watch::Receiver<bool>,
+        abort: &watch::Receiver<bool>,
     ) -> Result<(), Interrupted> {
         self.metrics.consumed(batch.len());
         let mut writes = Vec::with_capacity(batch.len());
@@ -71,12 +126,12 @@ impl Pipeline {
             match decode(&self.codec, message) {
                 Decoded::Write(write) => writes.push(write),
                 Decoded::Poison { reason, error } => {
-                    self.dead_letter(message, reason, &error, shutdown).await?
+                    self.dead_letter(message, reason, &error, abort).await?
                 }
             }
         }
         let writes = newest_per_key(writes);
-        for (write, outcome) in self.write_all(writes, shutdown).await? {
+        for (write, outcome) in self.write_all(writes, abort).await? {
             match outcome {
                 ItemOutcome::Created => self.indexed("created", &write),
                 ItemOutcome::Updated => self.indexed("updated", &write),
@@ -88,7 +143,7 @@ impl Pipeline {
                     });
                     // Every write was decoded from a message of this batch.
                     if let Some(message) = source {
-                        self.dead_letter(message, DeadLetterReason::Rejected, &error, shutdown)
+                        self.dead_letter(message, DeadLetterReason::Rejected, &error, abort)
                             .await?;
                     }
                 }
@@ -107,17 +162,24 @@ impl Pipeline {
 
     /// Sends the writes, retrying the whole request on request-level failures and
     /// the failed items on item-level ones, until every item has a final outcome.
+    /// Consumption is paused meanwhile, so memory stays bounded.
     async fn write_all(
         &self,
         mut pending: Vec<Write>,
-        shutdown: &watch::Receiver<bool>,
+        abort: &watch::Receiver<bool>,
     ) -> Result<Vec<(Write, ItemOutcome)>, Interrupted> {
         let mut done = Vec::with_capacity(pending.len());
         let mut delays = self.retry.delays();
+        let mut paused = false;
         while !pending.is_empty() {
             let started = Instant::now();
             let refs: Vec<&Write> = pending.iter().collect();
-            let last_error = match self.bulk.send(&refs).await {
+            let mut abort_now = abort.clone();
+            let sent = tokio::select! {
+                sent = self.bulk.send(&refs) => sent,
+                _ = abort_now.changed() => return Err(Interrupted::GraceElapsed),
+            };
+            let last_error = match sent {
                 Ok(outcomes) => {
                     self.metrics
                         .bulk_sent(refs.len(), started.elapsed().as_secs_f64());
@@ -134,10 +196,7 @@ impl Pipeline {
                     }
                     pending = retry;
                     match last_error {
-                        None => {
-                            self.health.engine_writable(true);
-                            break;
-                        }
+                        None => break,
                         Some(error) => {
                             self.metrics.retried("item", pending.len());
                             error
@@ -150,11 +209,19 @@ impl Pipeline {
                 }
             };
             self.health.engine_writable(false);
+            if !paused {
+                self.set_paused(true);
+                paused = true;
+            }
             let Some(delay) = delays.next() else {
                 return Err(Interrupted::RetriesExhausted(last_error));
             };
             tracing::warn!(error = %last_error, documents = pending.len(), retry_in = ?delay, "bulk write failed, retrying");
-            self.pause(delay, shutdown).await?;
+            self.wait_before_retry(delay, abort).await?;
+        }
+        self.health.engine_writable(true);
+        if paused {
+            self.set_paused(false);
         }
         Ok(done)
     }
@@ -166,7 +233,7 @@ impl Pipeline {
         message: &OwnedMessage,
         reason: DeadLetterReason,
         error: &str,
-        shutdown: &watch::Receiver<bool>,
+        abort: &watch::Receiver<bool>,
     ) -> Result<(), Interrupted> {
         tracing::warn!(
             reason = reason.as_str(),
@@ -188,25 +255,67 @@ impl Pipeline {
                         return Err(Interrupted::RetriesExhausted(send_error.to_string()));
                     };
                     tracing::warn!(error = %send_error, retry_in = ?delay, "dead-letter write failed, retrying");
-                    self.pause(delay, shutdown).await?;
+                    self.wait_before_retry(delay, abort).await?;
                 }
             }
         }
     }
 
-    async fn pause(
+    /// Sleeps before a retry. The consumer is still polled meanwhile: that keeps
+    /// this member in its group (a silent consumer is evicted after
+    /// `max.poll.interval.ms`), and anything already fetched waits for the next batch.
+    async fn wait_before_retry(
         &self,
-        delay: std::time::Duration,
-        shutdown: &watch::Receiver<bool>,
+        delay: Duration,
+        abort: &watch::Receiver<bool>,
     ) -> Result<(), Interrupted> {
-        let mut shutdown = shutdown.clone();
-        if *shutdown.borrow() {
-            return Err(Interrupted::Shutdown);
+        let mut abort = abort.clone();
+        if *abort.borrow() {
+            return Err(Interrupted::GraceElapsed);
         }
-        tokio::select! {
-            () = tokio::time::sleep(delay) => Ok(()),
-            _ = shutdown.changed() => Err(Interrupted::Shutdown),
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return Ok(()),
+                _ = abort.changed() => return Err(Interrupted::GraceElapsed),
+                received = self.consumer.recv() => match received {
+                    Ok(message) => self.lock_carried().push(message.detach()),
+                    Err(error) => tracing::debug!(%error, "kafka consume error while paused"),
+                },
+            }
         }
+    }
+
+    fn set_paused(&self, paused: bool) {
+        let assignment = match self.consumer.assignment() {
+            Ok(assignment) => assignment,
+            Err(error) => {
+                tracing::warn!(%error, "reading the assignment failed");
+                return;
+            }
+        };
+        let result = if paused {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        match result {
+            Ok(()) => tracing::info!(
+                paused,
+                partitions = assignment.count(),
+                "consumption paused state changed"
+            ),
+            Err(error) => tracing::warn!(%error, paused, "pausing or resuming consumption failed"),
+        }
+    }
+
+    fn lock_carried(&self) -> std::sync::MutexGuard<'_, Vec<OwnedMessage>> {
+        // The lock is never held across an await or a panic point, so poisoning
+        // cannot leave the buffer half-written; take it either way.
+        self.carried
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn store_offsets(&self, batch: &Batch) {

@@ -5,6 +5,10 @@
 //! Endpoints come from `KAFKA_BOOTSTRAP_SERVERS` and `ELASTICSEARCH_URL`. When they
 //! are unset or unreachable the tests fail and say how to start the stack.
 
+pub mod engine;
+pub mod fault_proxy;
+pub mod kafka;
+
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -79,6 +83,14 @@ impl Names {
         }
     }
 
+    /// These names with another alias.
+    pub fn with_alias(&self, alias: &str) -> Self {
+        Self {
+            alias: alias.to_owned(),
+            ..self.clone()
+        }
+    }
+
     /// The same topic, read by another group into another index.
     pub fn rebuild(&self, suffix: &str) -> Self {
         Self {
@@ -90,13 +102,52 @@ impl Names {
 }
 
 /// A spawned service; killed when dropped so a failing test leaves nothing behind.
+/// Its log goes to a file; a failing test prints the end of it.
 pub struct Service {
     name: &'static str,
     child: Child,
     pub base_url: String,
+    log_path: PathBuf,
 }
 
 impl Service {
+    /// Kills the process without warning (SIGKILL), as a crash or OOM kill would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Everything the service logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The value of one series on `/metrics`, e.g.
+    /// `citypop_indexer_documents_indexed_total{result="stale"}`; 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.base_url))
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .unwrap_or_else(|e| panic!("GET {}/metrics: {e}", self.base_url))
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .find_map(|line| {
+                let (name, value) = line.rsplit_once(' ')?;
+                (name == series).then(|| value.parse().ok()).flatten()
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// The status `/readyz` answers now.
+    pub async fn readiness(&self) -> u16 {
+        match reqwest::get(format!("{}/readyz", self.base_url)).await {
+            Ok(response) => response.status().as_u16(),
+            Err(_) => 0,
+        }
+    }
+
     /// Asks the service to stop (SIGTERM) and waits for it to exit.
     pub async fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
@@ -120,6 +171,18 @@ impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!(
+                "--- last lines of {} ({}) ---",
+                self.name,
+                self.log_path.display()
+            );
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
@@ -152,14 +215,21 @@ async fn spawn(
     base_url: String,
 ) -> Service {
     let mut command = Command::new(binary(name));
+    let log_path = std::env::temp_dir().join(format!(
+        "citypop-{name}-{}.log",
+        uuid::Uuid::now_v7().simple()
+    ));
+    let log_file = std::fs::File::create(&log_path).expect("creating the service log file");
     command
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env(
             "CITYPOP_LOG",
-            std::env::var("CITYPOP_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            std::env::var("CITYPOP_TEST_LOG").unwrap_or_else(|_| "info".into()),
         )
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("log file handle"))
+        .stderr(log_file);
     for (key, value) in envs {
         command.env(key, value);
     }
@@ -170,6 +240,7 @@ async fn spawn(
         name,
         child,
         base_url,
+        log_path,
     };
     wait_ready(&mut service, &health_url).await;
     service
@@ -198,25 +269,44 @@ async fn wait_ready(service: &mut Service, url: &str) {
 
 /// Starts an indexer for `names` and waits until it is ready.
 pub async fn spawn_indexer(stack: &Stack, names: &Names) -> Service {
+    spawn_indexer_with(stack, names, &[], Readiness::Ready).await
+}
+
+/// What a spawned service must show before the test goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// `/readyz` answers 200.
+    Ready,
+    /// `/livez` answers 200: the process serves, its dependencies may not.
+    Live,
+}
+
+/// Starts an indexer with extra settings (they override the defaults here).
+pub async fn spawn_indexer_with(
+    stack: &Stack,
+    names: &Names,
+    extra: &[(&str, String)],
+    wait_for: Readiness,
+) -> Service {
     let port = free_port();
     let base_url = format!("http://127.0.0.1:{port}");
-    spawn(
-        "indexer",
-        &[
-            ("CITYPOP_KAFKA_BOOTSTRAP_SERVERS", stack.kafka.clone()),
-            ("CITYPOP_ELASTICSEARCH_URL", stack.elasticsearch.clone()),
-            ("CITYPOP_TOPIC", names.topic.clone()),
-            ("CITYPOP_INDEX_ALIAS", names.alias.clone()),
-            ("CITYPOP_CONSUMER_GROUP", names.group.clone()),
-            ("CITYPOP_HEALTH_LISTEN", format!("127.0.0.1:{port}")),
-            // One node: replicas could never be assigned.
-            ("CITYPOP_INDEX_REPLICAS", "0".into()),
-            ("CITYPOP_COMMIT_INTERVAL", "1s".into()),
-        ],
-        format!("{base_url}/readyz"),
-        base_url,
-    )
-    .await
+    let mut envs = vec![
+        ("CITYPOP_KAFKA_BOOTSTRAP_SERVERS", stack.kafka.clone()),
+        ("CITYPOP_ELASTICSEARCH_URL", stack.elasticsearch.clone()),
+        ("CITYPOP_TOPIC", names.topic.clone()),
+        ("CITYPOP_INDEX_ALIAS", names.alias.clone()),
+        ("CITYPOP_CONSUMER_GROUP", names.group.clone()),
+        ("CITYPOP_HEALTH_LISTEN", format!("127.0.0.1:{port}")),
+        // One node: replicas could never be assigned.
+        ("CITYPOP_INDEX_REPLICAS", "0".into()),
+        ("CITYPOP_COMMIT_INTERVAL", "1s".into()),
+    ];
+    envs.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+    let probe = match wait_for {
+        Readiness::Ready => "readyz",
+        Readiness::Live => "livez",
+    };
+    spawn("indexer", &envs, format!("{base_url}/{probe}"), base_url).await
 }
 
 /// Starts a producer-api for `names` and waits until it is ready (which needs the

@@ -1,0 +1,51 @@
+//! Reading the search index directly, to check what the indexer wrote.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+/// Every document behind `alias`, by key (at most 10,000: tests stay below that).
+pub async fn documents(engine_url: &str, alias: &str) -> BTreeMap<String, Value> {
+    let http = reqwest::Client::new();
+    // Make everything written so far visible to search.
+    http.post(format!("{engine_url}/{alias}/_refresh"))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .unwrap_or_else(|e| panic!("refreshing {alias}: {e}"));
+    let body: Value = http
+        .post(format!("{engine_url}/{alias}/_search"))
+        .json(&json!({"size": 10000, "query": {"match_all": {}}}))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .unwrap_or_else(|e| panic!("searching {alias}: {e}"))
+        .json()
+        .await
+        .expect("search response");
+    body["hits"]["hits"]
+        .as_array()
+        .expect("hits")
+        .iter()
+        .map(|hit| {
+            (
+                hit["_id"].as_str().expect("_id").to_owned(),
+                hit["_source"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// Names of the indexes behind `alias`.
+pub async fn indexes_behind(engine_url: &str, alias: &str) -> Vec<String> {
+    let body: Value = reqwest::get(format!("{engine_url}/_alias/{alias}"))
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .unwrap_or_else(|e| panic!("reading alias {alias}: {e}"))
+        .json()
+        .await
+        .expect("alias response");
+    body.as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
+}

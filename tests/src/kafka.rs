@@ -1,0 +1,272 @@
+//! Talking to Kafka directly from tests: producing raw messages (good, poison and
+//! tombstones), reading a topic back, and inspecting a group's committed offsets.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use citypop_schemas::event::{self, CityPopulationUpdated, Codec};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A message read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, String>,
+}
+
+pub struct Kafka {
+    bootstrap: String,
+    producer: FutureProducer,
+    codec: Codec,
+}
+
+impl Kafka {
+    pub fn connect(bootstrap: &str) -> Self {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()
+            .expect("creating the test producer");
+        Self {
+            bootstrap: bootstrap.to_owned(),
+            producer,
+            codec: Codec::new(),
+        }
+    }
+
+    /// Produces one message and returns its (partition, offset).
+    pub async fn produce(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> (i32, i64) {
+        let mut owned = OwnedHeaders::new();
+        for (name, value) in headers {
+            owned = owned.insert(Header {
+                key: name,
+                value: Some(*value),
+            });
+        }
+        let mut record = FutureRecord::<str, [u8]>::to(topic).key(key).headers(owned);
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        let delivery = self
+            .producer
+            .send(record, TIMEOUT)
+            .await
+            .unwrap_or_else(|(e, _)| panic!("producing to {topic}: {e}"));
+        (delivery.partition, delivery.offset)
+    }
+
+    /// The Avro single-object encoding of an update, as producer-api writes it.
+    pub fn encode(&self, city: &str, population: i64, occurred_at_micros: i64) -> Vec<u8> {
+        self.codec
+            .encode(&CityPopulationUpdated {
+                event_id: uuid::Uuid::now_v7().to_string(),
+                city: city.to_owned(),
+                population,
+                occurred_at: occurred_at_micros,
+            })
+            .expect("encoding a test event")
+    }
+
+    /// Produces an update of `city` (its key derived as producer-api would).
+    pub async fn produce_update(&self, topic: &str, city: &str, population: i64) -> (i32, i64) {
+        let key = citypop_schemas::CityKey::parse(city).expect("a valid test city");
+        let payload = self.encode(city, population, now_micros());
+        self.produce(
+            topic,
+            key.as_str(),
+            Some(&payload),
+            &[("content-type", event::CONTENT_TYPE)],
+        )
+        .await
+    }
+
+    /// Produces many updates at once (up to 64 in flight) and returns, per update,
+    /// its key, offset and population.
+    pub async fn produce_updates(
+        &self,
+        topic: &str,
+        updates: Vec<(String, i64)>,
+    ) -> Vec<(String, i64, i64)> {
+        use futures::StreamExt;
+        futures::stream::iter(updates)
+            .map(|(city, population)| async move {
+                let (_, offset) = self.produce_update(topic, &city, population).await;
+                let key = citypop_schemas::CityKey::parse(&city).expect("a valid test city");
+                (key.as_str().to_owned(), offset, population)
+            })
+            .buffered(64)
+            .collect()
+            .await
+    }
+
+    /// Produces a delete of `city`: a tombstone with the event headers.
+    pub async fn produce_tombstone(&self, topic: &str, city: &str) -> (i32, i64) {
+        let key = citypop_schemas::CityKey::parse(city).expect("a valid test city");
+        let id = uuid::Uuid::now_v7().to_string();
+        let at = now_micros().to_string();
+        self.produce(
+            topic,
+            key.as_str(),
+            None,
+            &[
+                (event::HEADER_EVENT_ID, &id),
+                (event::HEADER_OCCURRED_AT, &at),
+            ],
+        )
+        .await
+    }
+
+    fn consumer(&self, group: &str) -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("creating a test consumer")
+    }
+
+    /// Per partition: (partition, end offset).
+    pub fn end_offsets(&self, topic: &str) -> BTreeMap<i32, i64> {
+        let consumer = self.consumer("citypop-e2e-inspector");
+        let metadata = consumer
+            .fetch_metadata(Some(topic), TIMEOUT)
+            .expect("topic metadata");
+        metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions())
+            .map(|p| {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p.id(), TIMEOUT)
+                    .expect("watermarks");
+                (p.id(), high)
+            })
+            .collect()
+    }
+
+    /// Every message of `topic`, read from the beginning up to its current end.
+    pub fn read_all(&self, topic: &str) -> Vec<Record> {
+        let ends = self.end_offsets(topic);
+        let consumer = self.consumer("citypop-e2e-reader");
+        let mut assignment = TopicPartitionList::new();
+        for partition in ends.keys() {
+            assignment
+                .add_partition_offset(topic, *partition, Offset::Beginning)
+                .expect("assignment");
+        }
+        consumer.assign(&assignment).expect("assigning partitions");
+        let total: i64 = ends.values().sum();
+        let mut records = Vec::new();
+        let deadline = Instant::now() + TIMEOUT;
+        while (records.len() as i64) < total {
+            assert!(
+                Instant::now() < deadline,
+                "read {} of {total} messages of {topic}",
+                records.len()
+            );
+            if let Some(result) = consumer.poll(Duration::from_millis(200)) {
+                let message = result.expect("consuming");
+                let headers = message
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| {
+                                let value =
+                                    h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                                (h.key.to_owned(), value.unwrap_or_default())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                records.push(Record {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
+            }
+        }
+        records
+    }
+
+    /// The offsets `group` has committed on `topic`, per partition (absent = none).
+    pub fn committed(&self, group: &str, topic: &str) -> BTreeMap<i32, i64> {
+        let ends = self.end_offsets(topic);
+        let consumer = self.consumer(group);
+        let mut list = TopicPartitionList::new();
+        for partition in ends.keys() {
+            list.add_partition(topic, *partition);
+        }
+        consumer
+            .committed_offsets(list, TIMEOUT)
+            .expect("committed offsets")
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(offset) => Some((e.partition(), offset)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Deletes `topic` and waits until the broker no longer lists it.
+    pub async fn delete_topic(&self, topic: &str) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("creating an admin client");
+        let results = admin
+            .delete_topics(
+                &[topic],
+                &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+            )
+            .await
+            .expect("deleting the topic");
+        for result in results {
+            result.unwrap_or_else(|(t, e)| panic!("deleting {t}: {e}"));
+        }
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let metadata = admin
+                .inner()
+                .fetch_metadata(None, TIMEOUT)
+                .expect("metadata");
+            if !metadata.topics().iter().any(|t| t.name() == topic) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{topic} still listed after deletion"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_micros() as i64
+}

@@ -1,0 +1,564 @@
+//! The indexer's delivery contract under faults: poison, engine outage, kill -9,
+//! SIGTERM, out-of-order writes, a recreated topic, deletes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use citypop_schemas::CityKey;
+use citypop_tests::engine::documents;
+use citypop_tests::fault_proxy::FaultProxy;
+use citypop_tests::kafka::{Kafka, now_micros};
+use citypop_tests::{
+    Names, Readiness, Service, Stack, spawn_indexer, spawn_indexer_with, spawn_producer_api,
+};
+use futures::StreamExt;
+use rand::Rng;
+use rand::seq::SliceRandom;
+use serde_json::{Value, json};
+
+/// How long the indexer may take to catch up with what was produced.
+const CATCH_UP: Duration = Duration::from_secs(180);
+
+/// Last (offset, population) per key: what the index must end up holding.
+type Expected = HashMap<String, (i64, i64)>;
+
+fn expect(expected: &mut Expected, key: &str, offset: i64, population: i64) {
+    let entry = expected
+        .entry(key.to_owned())
+        .or_insert((offset, population));
+    if offset >= entry.0 {
+        *entry = (offset, population);
+    }
+}
+
+/// Produces `count` updates spread over `cities` cities named after `prefix`, with
+/// populations starting at `first_population`, and records them in `expected`.
+async fn load(
+    kafka: &Kafka,
+    topic: &str,
+    expected: &mut Expected,
+    prefix: &str,
+    cities: usize,
+    count: usize,
+    first_population: i64,
+) {
+    let updates = (0..count)
+        .map(|i| {
+            (
+                format!("{prefix} {}", i % cities),
+                first_population + i as i64,
+            )
+        })
+        .collect();
+    for (key, offset, population) in kafka.produce_updates(topic, updates).await {
+        expect(expected, &key, offset, population);
+    }
+}
+
+/// Waits until the index holds exactly `expected` (population and version per key,
+/// nothing deleted), then returns; panics with examples after `CATCH_UP`.
+async fn wait_for_index(stack: &Stack, alias: &str, expected: &Expected) {
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        let docs = documents(&stack.elasticsearch, alias).await;
+        let wrong: Vec<String> = expected
+            .iter()
+            .filter(|(key, (offset, population))| {
+                docs.get(*key).is_none_or(|d| {
+                    d["population"] != *population
+                        || d["version"] != *offset
+                        || d["deleted"] == true
+                })
+            })
+            .map(|(key, want)| format!("{key}: want {want:?}, got {:?}", docs.get(key)))
+            .take(5)
+            .collect();
+        if wrong.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "index {alias} never caught up, e.g. {wrong:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits until `series` on the service's metrics reaches `value`.
+async fn wait_for_metric(service: &Service, series: &str, value: f64) {
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        let current = service.metric(series).await;
+        if current >= value {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} stayed at {current}, want {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until `group` has committed everything `topic` holds: all of it handled.
+async fn wait_for_committed(kafka: &Kafka, group: &str, topic: &str) {
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        let ends: BTreeMap<i32, i64> = kafka
+            .end_offsets(topic)
+            .into_iter()
+            .filter(|(_, end)| *end > 0)
+            .collect();
+        let committed = kafka.committed(group, topic);
+        if committed == ends {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{group} committed {committed:?}, topic ends at {ends:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_goes_to_the_dead_letter_topic_and_every_good_event_is_indexed() {
+    const GOOD: usize = 5000;
+    const POISON: usize = 200;
+    let stack = Stack::from_env();
+    let names = Names::unique("poison");
+    let kafka = Kafka::connect(&stack.kafka);
+
+    // An index whose mapping holds population as a 32-bit integer, as a hand-edited
+    // template might: the engine then rejects populations above 2^31 with a
+    // mapping error, which is how a `rejected` dead letter arises.
+    let mut mappings = citypop_schemas::document::mappings();
+    mappings["properties"]["population"]["type"] = json!("integer");
+    reqwest::Client::new()
+        .put(format!("{}/{}-initial", stack.elasticsearch, names.alias))
+        .json(&json!({"mappings": mappings, "settings": {"number_of_replicas": 0}, "aliases": {names.alias.as_str(): {}}}))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .expect("creating the narrow index");
+    let indexer = spawn_indexer(&stack, &names).await;
+
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Kind {
+        Good,
+        Decode,
+        Schema,
+        Rejected,
+    }
+    struct Planned {
+        kind: Kind,
+        key: String,
+        payload: Vec<u8>,
+        population: i64,
+    }
+    let mut plan: Vec<(Kind, usize)> = (0..GOOD).map(|i| (Kind::Good, i)).collect();
+    for i in 0..POISON {
+        let kind = [Kind::Decode, Kind::Schema, Kind::Rejected][i % 3];
+        plan.push((kind, i));
+    }
+    plan.shuffle(&mut rand::rng());
+
+    // Poison has cities of its own, so coalescing never folds it into a good event
+    // of the same city.
+    let messages: Vec<Planned> = plan
+        .into_iter()
+        .map(|(kind, i)| {
+            let city = match kind {
+                Kind::Good => format!("Good City {}", i % 1000),
+                _ => format!("Poison City {i}"),
+            };
+            let key = CityKey::parse(&city).unwrap().as_str().to_owned();
+            let payload = match kind {
+                Kind::Good => kafka.encode(&city, i as i64, now_micros()),
+                Kind::Decode => b"{\"name\":\"not avro\"}".to_vec(),
+                Kind::Schema => {
+                    let mut bytes = kafka.encode(&city, 1, now_micros());
+                    bytes[2..10].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 1]);
+                    bytes
+                }
+                Kind::Rejected => kafka.encode(&city, 5_000_000_000, now_micros()),
+            };
+            Planned {
+                kind,
+                key,
+                payload,
+                population: i as i64,
+            }
+        })
+        .collect();
+    let produced: Vec<((i32, i64), Planned)> = futures::stream::iter(messages)
+        .map(|planned| {
+            let kafka = &kafka;
+            let topic = names.topic.as_str();
+            async move {
+                let position = kafka
+                    .produce(
+                        topic,
+                        &planned.key,
+                        Some(&planned.payload),
+                        &[("origin", "test")],
+                    )
+                    .await;
+                (position, planned)
+            }
+        })
+        .buffered(64)
+        .collect()
+        .await;
+    let mut expected = Expected::new();
+    // (partition, offset) → (reason, key, payload) of each poison message.
+    let mut poison: BTreeMap<(i32, i64), (&str, String, Vec<u8>)> = BTreeMap::new();
+    for (position, planned) in produced {
+        let reason = match planned.kind {
+            Kind::Good => {
+                expect(&mut expected, &planned.key, position.1, planned.population);
+                continue;
+            }
+            Kind::Decode => "decode",
+            Kind::Schema => "schema",
+            Kind::Rejected => "rejected",
+        };
+        poison.insert(position, (reason, planned.key, planned.payload));
+    }
+    assert_eq!(poison.len(), POISON);
+
+    wait_for_index(&stack, &names.alias, &expected).await;
+    for reason in ["decode", "schema", "rejected"] {
+        let want = poison.values().filter(|(r, _, _)| *r == reason).count() as f64;
+        wait_for_metric(
+            &indexer,
+            &format!("citypop_indexer_dead_letters_total{{reason=\"{reason}\"}}"),
+            want,
+        )
+        .await;
+    }
+
+    let dead_letters = kafka.read_all(&format!("{}.dlq", names.topic));
+    assert_eq!(
+        dead_letters.len(),
+        POISON,
+        "exactly the poison is dead-lettered"
+    );
+    for letter in &dead_letters {
+        let h = &letter.headers;
+        let position = (
+            h["citypop.dlq.partition"].parse().unwrap(),
+            h["citypop.dlq.offset"].parse().unwrap(),
+        );
+        let (reason, key, payload) = poison
+            .get(&position)
+            .unwrap_or_else(|| panic!("dead letter for {position:?} is not poison: {h:?}"));
+        assert_eq!(&h["citypop.dlq.reason"], reason);
+        assert_eq!(h["citypop.dlq.topic"], names.topic);
+        assert!(!h["citypop.dlq.error"].is_empty());
+        assert!(h["citypop.dlq.failed_at"].starts_with("20"), "{h:?}");
+        assert_eq!(h["origin"], "test", "original headers are kept");
+        assert_eq!(letter.key.as_deref(), Some(key.as_bytes()));
+        assert_eq!(letter.payload.as_deref(), Some(payload.as_slice()));
+    }
+    let docs = documents(&stack.elasticsearch, &names.alias).await;
+    assert_eq!(docs.len(), expected.len(), "no poison reached the index");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_outage_is_retried_without_loss_or_dead_letters() {
+    let stack = Stack::from_env();
+    let names = Names::unique("outage");
+    let kafka = Kafka::connect(&stack.kafka);
+    let proxy = FaultProxy::start(stack.elasticsearch.trim_start_matches("http://")).await;
+    let indexer = spawn_indexer_with(
+        &stack,
+        &names,
+        &[
+            ("CITYPOP_ELASTICSEARCH_URL", proxy.url()),
+            ("CITYPOP_RETRY_MAX_DELAY", "2s".into()),
+            ("CITYPOP_ELASTICSEARCH_TIMEOUT", "5s".into()),
+        ],
+        Readiness::Ready,
+    )
+    .await;
+
+    let mut expected = Expected::new();
+    load(
+        &kafka,
+        &names.topic,
+        &mut expected,
+        "Outage City",
+        300,
+        1500,
+        100_000,
+    )
+    .await;
+    proxy.cut().await;
+    let cut_at = Instant::now();
+    load(
+        &kafka,
+        &names.topic,
+        &mut expected,
+        "Outage City",
+        300,
+        1500,
+        200_000,
+    )
+    .await;
+    let mut saw_not_ready = false;
+    while cut_at.elapsed() < Duration::from_secs(20) {
+        saw_not_ready |= indexer.readiness().await == 503;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    proxy.restore();
+    load(
+        &kafka,
+        &names.topic,
+        &mut expected,
+        "Outage City",
+        300,
+        1500,
+        300_000,
+    )
+    .await;
+    assert!(saw_not_ready, "/readyz answered 503 during the outage");
+
+    wait_for_index(&stack, &names.alias, &expected).await;
+    assert_eq!(
+        indexer.readiness().await,
+        200,
+        "ready again after the outage"
+    );
+    assert!(
+        indexer
+            .metric("citypop_indexer_retries_total{reason=\"request\"}")
+            .await
+            >= 1.0
+    );
+    assert!(
+        kafka.read_all(&format!("{}.dlq", names.topic)).is_empty(),
+        "no dead letters"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_indexer_five_times_loses_nothing_and_never_goes_back() {
+    const EVENTS: usize = 20_000;
+    let stack = Stack::from_env();
+    let names = Names::unique("kill");
+    // Static membership: each replacement takes the partitions back at once.
+    let settings = [("CITYPOP_GROUP_INSTANCE_ID", "indexer-0".to_owned())];
+    let mut indexer = spawn_indexer_with(&stack, &names, &settings, Readiness::Ready).await;
+
+    // The load runs in the background, in chunks with pauses, so it spans the kills.
+    let topic = names.topic.clone();
+    let bootstrap = stack.kafka.clone();
+    let load = tokio::spawn(async move {
+        let kafka = Kafka::connect(&bootstrap);
+        let mut expected = Expected::new();
+        for chunk in 0..40 {
+            let first = chunk * (EVENTS / 40);
+            let updates = (first..first + EVENTS / 40)
+                .map(|i| (format!("Kill City {}", i % 2000), i as i64))
+                .collect();
+            for (key, offset, population) in kafka.produce_updates(&topic, updates).await {
+                expect(&mut expected, &key, offset, population);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        expected
+    });
+    let mut seen: BTreeMap<String, i64> = BTreeMap::new();
+    for _ in 0..5 {
+        let pause = rand::rng().random_range(1000..2500);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        indexer.kill();
+        // No document may ever move back to an older version.
+        for (key, doc) in documents(&stack.elasticsearch, &names.alias).await {
+            let version = doc["version"].as_i64().unwrap();
+            let before = seen.insert(key.clone(), version).unwrap_or(-1);
+            assert!(
+                version >= before,
+                "{key} went back from version {before} to {version}"
+            );
+        }
+        indexer = spawn_indexer_with(&stack, &names, &settings, Readiness::Ready).await;
+    }
+    let expected = load.await.unwrap();
+    wait_for_index(&stack, &names.alias, &expected).await;
+    drop(indexer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_commits_and_a_restart_reindexes_nothing() {
+    let stack = Stack::from_env();
+    let names = Names::unique("sigterm");
+    let kafka = Kafka::connect(&stack.kafka);
+    let indexer = spawn_indexer(&stack, &names).await;
+    let mut expected = Expected::new();
+    load(&kafka, &names.topic, &mut expected, "Term City", 50, 500, 0).await;
+    wait_for_metric(&indexer, "citypop_indexer_events_consumed_total", 500.0).await;
+    wait_for_index(&stack, &names.alias, &expected).await;
+
+    assert!(indexer.terminate().await.success(), "exit 0 on SIGTERM");
+    assert_eq!(
+        kafka.committed(&names.group, &names.topic),
+        kafka
+            .end_offsets(&names.topic)
+            .into_iter()
+            .filter(|(_, end)| *end > 0)
+            .collect(),
+        "every consumed offset is committed"
+    );
+
+    let restarted = spawn_indexer(&stack, &names).await;
+    // Give a re-read the time to show up, then add a known tail.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for i in 0..10 {
+        kafka
+            .produce_update(&names.topic, &format!("Term City {i}"), 1000 + i)
+            .await;
+    }
+    wait_for_metric(&restarted, "citypop_indexer_events_consumed_total", 10.0).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        restarted
+            .metric("citypop_indexer_events_consumed_total")
+            .await,
+        10.0,
+        "the restart consumed only the new tail"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_older_offsets_into_the_index_never_overwrites_newer_ones() {
+    let stack = Stack::from_env();
+    let names = Names::unique("order");
+    let kafka = Kafka::connect(&stack.kafka);
+    let first = spawn_indexer(&stack, &names).await;
+    let mut expected = Expected::new();
+    load(
+        &kafka,
+        &names.topic,
+        &mut expected,
+        "Order City",
+        100,
+        600,
+        0,
+    )
+    .await;
+    wait_for_index(&stack, &names.alias, &expected).await;
+    drop(first);
+    let before = documents(&stack.elasticsearch, &names.alias).await;
+
+    // A second group reads the topic from offset 0 into the same index: every
+    // write it makes is older than or equal to what the index holds.
+    let again = names.rebuild("again").with_alias(&names.alias);
+    let replayer = spawn_indexer(&stack, &again).await;
+    wait_for_committed(&kafka, &again.group, &names.topic).await;
+    let stale = replayer
+        .metric("citypop_indexer_documents_indexed_total{result=\"stale\"}")
+        .await;
+    assert!(stale >= 100.0, "every write was refused as stale ({stale})");
+    assert_eq!(
+        replayer
+            .metric("citypop_indexer_documents_indexed_total{result=\"updated\"}")
+            .await,
+        0.0
+    );
+    assert_eq!(
+        replayer
+            .metric("citypop_indexer_documents_indexed_total{result=\"created\"}")
+            .await,
+        0.0
+    );
+    assert_eq!(
+        documents(&stack.elasticsearch, &names.alias).await,
+        before,
+        "nothing changed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_is_refused_with_a_clear_error() {
+    let stack = Stack::from_env();
+    let names = Names::unique("recreated");
+    let kafka = Kafka::connect(&stack.kafka);
+    let first = spawn_indexer(&stack, &names).await;
+    let mut expected = Expected::new();
+    load(
+        &kafka,
+        &names.topic,
+        &mut expected,
+        "Again City",
+        20,
+        200,
+        0,
+    )
+    .await;
+    wait_for_index(&stack, &names.alias, &expected).await;
+    drop(first);
+
+    kafka.delete_topic(&names.topic).await;
+    let refusing = spawn_indexer_with(&stack, &names, &[], Readiness::Live).await;
+    wait_for_metric(&refusing, "citypop_indexer_topic_recreated", 1.0).await;
+    for i in 0..5 {
+        kafka
+            .produce_update(&names.topic, &format!("Again City {i}"), 99_999)
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(refusing.readiness().await, 503);
+    assert!(
+        refusing
+            .log()
+            .contains("the topic was deleted and recreated"),
+        "the log says why: {}",
+        refusing.log()
+    );
+    wait_for_index(&stack, &names.alias, &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_hides_the_city_and_a_later_update_restores_it() {
+    let stack = Stack::from_env();
+    let names = Names::unique("delete");
+    let kafka = Kafka::connect(&stack.kafka);
+    let _indexer = spawn_indexer(&stack, &names).await;
+    let api = spawn_producer_api(&stack, &names).await;
+    let http = reqwest::Client::new();
+    let get = async |expected_status: u16| {
+        let deadline = Instant::now() + CATCH_UP;
+        loop {
+            let response = http
+                .get(format!("{}/city/lyon", api.base_url))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or_default();
+            if status == expected_status {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "GET /city/lyon stayed {status}, want {expected_status}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+
+    kafka.produce_update(&names.topic, "Lyon", 522_250).await;
+    assert_eq!(get(200).await["population"], 522_250);
+    let (_, deleted_at) = kafka.produce_tombstone(&names.topic, "Lyon").await;
+    get(404).await;
+    let docs = documents(&stack.elasticsearch, &names.alias).await;
+    assert_eq!(
+        docs["lyon"]["deleted"], true,
+        "a soft delete keeps the document"
+    );
+    assert_eq!(docs["lyon"]["version"], deleted_at);
+    kafka.produce_update(&names.topic, "Lyon", 530_000).await;
+    assert_eq!(get(200).await["population"], 530_000);
+}
