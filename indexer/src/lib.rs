@@ -29,6 +29,7 @@ pub mod guard;
 pub mod health;
 pub mod metrics;
 pub mod pipeline;
+pub mod process;
 pub mod retry;
 pub mod setup;
 
@@ -78,8 +79,16 @@ pub async fn run(
 
     let pipeline = pipeline::Pipeline {
         consumer: Arc::new(consume::create_consumer(&config, metrics.clone())?),
-        codec: Codec::new(),
-        bulk: bulk::BulkWriter::new(client.clone(), config.engine.index_alias.clone()),
+        processor: process::Processor {
+            codec: Codec::new(),
+            bulk: bulk::BulkWriter::new(client.clone(), config.engine.index_alias.clone()),
+            retry: retry::RetryPolicy {
+                min_delay: config.retry_min_delay,
+                max_delay: config.retry_max_delay,
+                max_attempts: config.retry_max_attempts,
+            },
+            metrics: metrics.clone(),
+        },
         dead_letters: dead_letter::DeadLetters::new(&config.kafka, config.dlq_topic())?,
         guard: guard::TopicGuard {
             client,
@@ -90,11 +99,6 @@ pub async fn run(
             max_events: config.batch_max_events,
             max_bytes: config.batch_max_bytes,
             linger: config.batch_linger,
-        },
-        retry: retry::RetryPolicy {
-            min_delay: config.retry_min_delay,
-            max_delay: config.retry_max_delay,
-            max_attempts: config.retry_max_attempts,
         },
         health,
         metrics,
