@@ -124,6 +124,15 @@ pub fn classify(item: &ItemResult, is_delete: bool) -> ItemOutcome {
         200..=299 => ItemOutcome::Updated,
         409 => ItemOutcome::Stale,
         429 | 500..=599 => ItemOutcome::Retry(error()),
+        // A write block is the engine's way of saying "not now": the disk
+        // flood-stage guard sets one, and so does a replay while it swaps the alias.
+        403 if item
+            .error
+            .as_ref()
+            .is_some_and(|e| e["type"] == "cluster_block_exception") =>
+        {
+            ItemOutcome::Retry(error())
+        }
         _ => ItemOutcome::Rejected(error()),
     }
 }

@@ -1,13 +1,26 @@
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use citypop_runtime::{EngineArgs, KafkaArgs, LogArgs};
 
+use crate::decode::DeadLetterReason;
+
 /// citypop indexer: consumes city updates from Kafka and writes them to the search
-/// index in versioned bulk requests, with retries and a dead-letter topic.
+/// index in versioned bulk requests, with retries and a dead-letter topic. Without a
+/// command it runs the indexer; settings go before the command or in the environment.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "indexer", version)]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Directory of extra Avro writer schemas (`*.avsc`), read at start in addition
+    /// to the published ones compiled in: how a schema a newer producer wrote is
+    /// taught to an older indexer.
+    #[arg(long, env = "CITYPOP_SCHEMA_DIR")]
+    pub schema_dir: Option<PathBuf>,
+
     /// Address of the health and metrics endpoint (/livez, /readyz, /metrics).
     #[arg(long, env = "CITYPOP_HEALTH_LISTEN", default_value = "127.0.0.1:8081")]
     pub health_listen: SocketAddr,
@@ -98,4 +111,65 @@ impl Config {
             .clone()
             .unwrap_or_else(|| format!("{}.dlq", self.kafka.topic))
     }
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Consume the topic and index it (the default).
+    Run,
+    /// Rebuild the index from the topic into a new index, then swap the alias to it.
+    Replay(ReplayArgs),
+    /// Inspect or republish dead letters.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplayArgs {
+    /// Delete the index the alias pointed to, once the new one serves.
+    #[arg(long)]
+    pub delete_old: bool,
+
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum DlqCommand {
+    /// Show dead letters with their reason, error and origin.
+    List(DlqListArgs),
+    /// Republish dead letters to the main topic (after a fix). Each reason has its own
+    /// consumer group on the dead-letter topic, so nothing is redriven twice.
+    Redrive(DlqRedriveArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DlqListArgs {
+    /// Show at most this many, the most recent.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+
+    /// Only dead letters of this reason.
+    #[arg(long, value_enum)]
+    pub reason: Option<DeadLetterReason>,
+
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DlqRedriveArgs {
+    /// Only dead letters of this reason [default: all reasons].
+    #[arg(long, value_enum)]
+    pub reason: Option<DeadLetterReason>,
+
+    /// Count what would be republished and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }

@@ -1,5 +1,6 @@
 //! Stage 1: the consumer group, and reading one batch from it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,9 @@ use tokio::sync::watch;
 use crate::batch::{Batch, BatchLimits};
 use crate::config::Config;
 use crate::metrics::Metrics;
+
+/// How long one metadata or watermark request waits for Kafka.
+const KAFKA_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often librdkafka reports lag and committed offsets for the metrics.
 const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
@@ -94,11 +98,42 @@ pub fn create_consumer(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result
     Ok(consumer)
 }
 
+/// (low, high) watermarks of every partition of `topic`: the first offset still held
+/// and the next offset to be written.
+pub async fn watermarks<C: ConsumerContext + 'static>(
+    consumer: Arc<StreamConsumer<C>>,
+    topic: &str,
+) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
+    let topic = topic.to_owned();
+    // Metadata and watermark requests block; keep them off the async workers.
+    tokio::task::spawn_blocking(move || {
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), KAFKA_REQUEST_TIMEOUT)
+            .with_context(|| format!("fetching metadata of {topic}"))?;
+        let mut marks = BTreeMap::new();
+        for t in metadata.topics() {
+            if let Some(error) = t.error() {
+                anyhow::bail!("topic {topic}: {error:?}");
+            }
+            for partition in t.partitions() {
+                let marks_of_partition = consumer
+                    .fetch_watermarks(&topic, partition.id(), KAFKA_REQUEST_TIMEOUT)
+                    .with_context(|| {
+                        format!("fetching watermarks of {topic}/{}", partition.id())
+                    })?;
+                marks.insert(partition.id(), marks_of_partition);
+            }
+        }
+        Ok(marks)
+    })
+    .await?
+}
+
 /// Waits for a first message, then gathers more until the batch is full or the
 /// first one has waited `linger`. Messages carried over from a paused retry come
 /// first. `None` once `stop` turned true.
-pub async fn next_batch(
-    consumer: &GroupConsumer,
+pub async fn next_batch<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
     limits: &BatchLimits,
     carried: Vec<OwnedMessage>,
     stop: &mut watch::Receiver<bool>,

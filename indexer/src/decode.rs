@@ -8,7 +8,7 @@ use rdkafka::Message;
 use rdkafka::message::{Headers, OwnedMessage};
 
 /// Why a message went to the dead-letter topic; the value of `citypop.dlq.reason`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
 pub enum DeadLetterReason {
     /// Not a citypop event: bad key, not single-object encoded, corrupt body.
     Decode,
@@ -19,6 +19,12 @@ pub enum DeadLetterReason {
 }
 
 impl DeadLetterReason {
+    pub const ALL: [Self; 3] = [Self::Decode, Self::Schema, Self::Rejected];
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Decode => "decode",

@@ -7,17 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use elasticsearch::{Elasticsearch, SearchParts};
-use rdkafka::consumer::Consumer;
 use serde_json::{Value, json};
 
-use crate::consume::GroupConsumer;
-
-/// How long one watermark or metadata request waits for Kafka.
-const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::consume::{GroupConsumer, watermarks};
 
 /// The most partitions the version query reports on; far above any real topic.
 const MAX_PARTITIONS: u32 = 10_000;
@@ -53,7 +48,11 @@ impl TopicGuard {
         if indexed.is_empty() {
             return Ok(Ok(()));
         }
-        let ends = end_offsets(consumer.clone(), self.topic.clone()).await?;
+        let ends = watermarks(consumer.clone(), &self.topic)
+            .await?
+            .into_iter()
+            .map(|(partition, (_, high))| (partition, high))
+            .collect();
         Ok(compare(&self.topic, &indexed, &ends))
     }
 }
@@ -111,28 +110,6 @@ async fn highest_versions(
         }
     }
     Ok(versions)
-}
-
-/// The high watermark (next offset to be written) of every partition of `topic`.
-async fn end_offsets(
-    consumer: Arc<GroupConsumer>,
-    topic: String,
-) -> anyhow::Result<BTreeMap<i32, i64>> {
-    // Metadata and watermark requests block; keep them off the async workers.
-    tokio::task::spawn_blocking(move || {
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), KAFKA_TIMEOUT)
-            .context("fetching topic metadata")?;
-        let mut ends = BTreeMap::new();
-        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-            let (_, high) = consumer
-                .fetch_watermarks(&topic, partition.id(), KAFKA_TIMEOUT)
-                .with_context(|| format!("fetching watermarks of partition {}", partition.id()))?;
-            ends.insert(partition.id(), high);
-        }
-        Ok(ends)
-    })
-    .await?
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 
 pub mod batch;
 pub mod bulk;
+pub mod cmd;
 pub mod coalesce;
 pub mod commit;
 pub mod config;
@@ -35,11 +36,34 @@ pub mod setup;
 
 use std::sync::{Arc, Mutex};
 
+use anyhow::Context;
 use citypop_schemas::event::Codec;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 pub use config::Config;
+
+/// The codec: every published schema, plus the writer schemas in `schema_dir`.
+pub fn codec(config: &Config) -> anyhow::Result<Codec> {
+    let mut codec = Codec::new();
+    let Some(dir) = &config.schema_dir else {
+        return Ok(codec);
+    };
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("reading schema directory {}", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "avsc") {
+            let json = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let fingerprint = codec
+                .add_writer_schema(&json)
+                .with_context(|| format!("loading {}", path.display()))?;
+            tracing::info!(schema = %path.display(), %fingerprint, "extra writer schema loaded");
+        }
+    }
+    Ok(codec)
+}
 
 /// Runs the indexer until `shutdown` resolves, then stops as the delivery contract
 /// says: no new fetches, the batch in flight finished (or abandoned uncommitted once
@@ -80,7 +104,7 @@ pub async fn run(
     let pipeline = pipeline::Pipeline {
         consumer: Arc::new(consume::create_consumer(&config, metrics.clone())?),
         processor: process::Processor {
-            codec: Codec::new(),
+            codec: codec(&config)?,
             bulk: bulk::BulkWriter::new(client.clone(), config.engine.index_alias.clone()),
             retry: retry::RetryPolicy {
                 min_delay: config.retry_min_delay,

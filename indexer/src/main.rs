@@ -1,11 +1,23 @@
 use citypop_indexer::Config;
+use citypop_indexer::config::{Command, DlqCommand};
 use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     config.log.init()?;
-    citypop_indexer::run(config, citypop_runtime::shutdown_signal()).await?;
-    tracing::info!("indexer stopped");
+    match &config.command {
+        None | Some(Command::Run) => {
+            citypop_indexer::run(config.clone(), citypop_runtime::shutdown_signal()).await?;
+            tracing::info!("indexer stopped");
+        }
+        Some(Command::Replay(args)) => citypop_indexer::cmd::replay::run(&config, args).await?,
+        Some(Command::Dlq(DlqCommand::List(args))) => {
+            citypop_indexer::cmd::dlq::list(&config, args).await?
+        }
+        Some(Command::Dlq(DlqCommand::Redrive(args))) => {
+            citypop_indexer::cmd::dlq::redrive(&config, args).await?
+        }
+    }
     Ok(())
 }

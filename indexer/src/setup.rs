@@ -70,18 +70,9 @@ pub async fn ensure_topics(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn ensure_index(client: &Elasticsearch, config: &Config) -> anyhow::Result<()> {
-    wait_until_ready("elasticsearch", || async {
-        client
-            .cluster()
-            .health(elasticsearch::cluster::ClusterHealthParts::None)
-            .send()
-            .await?
-            .error_for_status_code()?;
-        Ok(())
-    })
-    .await;
-
+/// Puts the index template with the explicit mapping for every index behind the
+/// alias; repeated puts of the same template are harmless.
+pub async fn put_template(client: &Elasticsearch, config: &Config) -> anyhow::Result<()> {
     let alias = &config.engine.index_alias;
     let template = document::index_template(alias, config.index_shards, config.index_replicas);
     let response = client
@@ -95,7 +86,23 @@ pub async fn ensure_index(client: &Elasticsearch, config: &Config) -> anyhow::Re
         let body = response.text().await.unwrap_or_default();
         bail!("cannot put index template {alias}: {status} {body}");
     }
+    Ok(())
+}
 
+pub async fn ensure_index(client: &Elasticsearch, config: &Config) -> anyhow::Result<()> {
+    wait_until_ready("elasticsearch", || async {
+        client
+            .cluster()
+            .health(elasticsearch::cluster::ClusterHealthParts::None)
+            .send()
+            .await?
+            .error_for_status_code()?;
+        Ok(())
+    })
+    .await;
+
+    put_template(client, config).await?;
+    let alias = &config.engine.index_alias;
     let exists = client
         .indices()
         .exists_alias(IndicesExistsAliasParts::Name(&[alias]))

@@ -49,3 +49,23 @@ pub async fn indexes_behind(engine_url: &str, alias: &str) -> Vec<String> {
         .map(|o| o.keys().cloned().collect())
         .unwrap_or_default()
 }
+
+/// Creates the first index behind `alias` with the real mapping except that
+/// `population` is a 32-bit integer, as a hand-edited template might have it: the
+/// engine then rejects populations above 2^31 with a mapping error. An indexer
+/// started afterwards finds the alias and writes through it.
+pub async fn create_narrow_index(engine_url: &str, alias: &str) {
+    let mut mappings = citypop_schemas::document::mappings();
+    mappings["properties"]["population"]["type"] = json!("integer");
+    reqwest::Client::new()
+        .put(format!("{engine_url}/{alias}-initial"))
+        .json(&json!({
+            "mappings": mappings,
+            "settings": {"number_of_replicas": 0},
+            "aliases": {alias: {}}
+        }))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .unwrap_or_else(|e| panic!("creating the narrow index for {alias}: {e}"));
+}

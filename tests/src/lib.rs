@@ -186,10 +186,21 @@ impl Drop for Service {
     }
 }
 
+/// A port nothing listens on when returned (for a service pointed at a dependency
+/// that is not there).
+pub fn unused_port() -> u16 {
+    free_port()
+}
+
 fn free_port() -> u16 {
     // The port is free when returned; the service binds it a moment later.
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
     listener.local_addr().expect("local address").port()
+}
+
+/// The path of a service binary, for tests that run it directly (`--help`).
+pub fn binary_path(name: &str) -> PathBuf {
+    binary(name)
 }
 
 fn binary(name: &str) -> PathBuf {
@@ -281,6 +292,57 @@ pub enum Readiness {
     Live,
 }
 
+/// The settings every indexer of a test gets.
+fn indexer_env(stack: &Stack, names: &Names) -> Vec<(&'static str, String)> {
+    vec![
+        ("CITYPOP_KAFKA_BOOTSTRAP_SERVERS", stack.kafka.clone()),
+        ("CITYPOP_ELASTICSEARCH_URL", stack.elasticsearch.clone()),
+        ("CITYPOP_TOPIC", names.topic.clone()),
+        ("CITYPOP_INDEX_ALIAS", names.alias.clone()),
+        ("CITYPOP_CONSUMER_GROUP", names.group.clone()),
+        // One node: replicas could never be assigned.
+        ("CITYPOP_INDEX_REPLICAS", "0".into()),
+        ("CITYPOP_COMMIT_INTERVAL", "1s".into()),
+    ]
+}
+
+/// Runs an indexer admin command (`replay`, `dlq list`, ...) to completion and
+/// returns its output; panics if it fails or takes over `timeout`.
+pub async fn run_indexer_command(
+    stack: &Stack,
+    names: &Names,
+    args: &[&str],
+    extra: &[(&str, String)],
+    timeout: Duration,
+) -> String {
+    let mut command = tokio::process::Command::new(binary("indexer"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CITYPOP_LOG", "warn")
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for (key, value) in indexer_env(stack, names) {
+        command.env(key, value);
+    }
+    for (key, value) in extra {
+        command.env(key, value);
+    }
+    let output = tokio::time::timeout(timeout, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("indexer {args:?} did not finish within {timeout:?}"))
+        .unwrap_or_else(|e| panic!("running indexer {args:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "indexer {args:?} failed with {}:\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// Starts an indexer with extra settings (they override the defaults here).
 pub async fn spawn_indexer_with(
     stack: &Stack,
@@ -290,17 +352,8 @@ pub async fn spawn_indexer_with(
 ) -> Service {
     let port = free_port();
     let base_url = format!("http://127.0.0.1:{port}");
-    let mut envs = vec![
-        ("CITYPOP_KAFKA_BOOTSTRAP_SERVERS", stack.kafka.clone()),
-        ("CITYPOP_ELASTICSEARCH_URL", stack.elasticsearch.clone()),
-        ("CITYPOP_TOPIC", names.topic.clone()),
-        ("CITYPOP_INDEX_ALIAS", names.alias.clone()),
-        ("CITYPOP_CONSUMER_GROUP", names.group.clone()),
-        ("CITYPOP_HEALTH_LISTEN", format!("127.0.0.1:{port}")),
-        // One node: replicas could never be assigned.
-        ("CITYPOP_INDEX_REPLICAS", "0".into()),
-        ("CITYPOP_COMMIT_INTERVAL", "1s".into()),
-    ];
+    let mut envs = indexer_env(stack, names);
+    envs.push(("CITYPOP_HEALTH_LISTEN", format!("127.0.0.1:{port}")));
     envs.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
     let probe = match wait_for {
         Readiness::Ready => "readyz",
@@ -325,6 +378,38 @@ pub async fn spawn_producer_api(stack: &Stack, names: &Names) -> Service {
         ],
         format!("{base_url}/readyz"),
         base_url.clone(),
+    )
+    .await
+}
+
+/// Starts a producer-api with extra settings (they override the defaults here).
+/// `Readiness::Live` is for an API whose Kafka is unreachable on purpose, which never
+/// becomes ready.
+pub async fn spawn_producer_api_with(
+    stack: &Stack,
+    names: &Names,
+    extra: &[(&str, String)],
+    wait_for: Readiness,
+) -> Service {
+    let port = free_port();
+    let base_url = format!("http://127.0.0.1:{port}");
+    let mut envs = vec![
+        ("CITYPOP_KAFKA_BOOTSTRAP_SERVERS", stack.kafka.clone()),
+        ("CITYPOP_ELASTICSEARCH_URL", stack.elasticsearch.clone()),
+        ("CITYPOP_TOPIC", names.topic.clone()),
+        ("CITYPOP_INDEX_ALIAS", names.alias.clone()),
+        ("CITYPOP_LISTEN", format!("127.0.0.1:{port}")),
+    ];
+    envs.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+    let probe = match wait_for {
+        Readiness::Ready => "readyz",
+        Readiness::Live => "livez",
+    };
+    spawn(
+        "producer-api",
+        &envs,
+        format!("{base_url}/{probe}"),
+        base_url,
     )
     .await
 }

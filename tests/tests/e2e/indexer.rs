@@ -1,125 +1,23 @@
 //! The indexer's delivery contract under faults: poison, engine outage, kill -9,
 //! SIGTERM, out-of-order writes, a recreated topic, deletes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::common::{
+    CATCH_UP, Expected, expect, load, wait_for_committed, wait_for_index, wait_for_metric,
+};
 use citypop_schemas::CityKey;
-use citypop_tests::engine::documents;
+use citypop_tests::engine::{create_narrow_index, documents};
 use citypop_tests::fault_proxy::FaultProxy;
 use citypop_tests::kafka::{Kafka, now_micros};
 use citypop_tests::{
-    Names, Readiness, Service, Stack, spawn_indexer, spawn_indexer_with, spawn_producer_api,
+    Names, Readiness, Stack, spawn_indexer, spawn_indexer_with, spawn_producer_api,
 };
 use futures::StreamExt;
 use rand::Rng;
 use rand::seq::SliceRandom;
-use serde_json::{Value, json};
-
-/// How long the indexer may take to catch up with what was produced.
-const CATCH_UP: Duration = Duration::from_secs(180);
-
-/// Last (offset, population) per key: what the index must end up holding.
-type Expected = HashMap<String, (i64, i64)>;
-
-fn expect(expected: &mut Expected, key: &str, offset: i64, population: i64) {
-    let entry = expected
-        .entry(key.to_owned())
-        .or_insert((offset, population));
-    if offset >= entry.0 {
-        *entry = (offset, population);
-    }
-}
-
-/// Produces `count` updates spread over `cities` cities named after `prefix`, with
-/// populations starting at `first_population`, and records them in `expected`.
-async fn load(
-    kafka: &Kafka,
-    topic: &str,
-    expected: &mut Expected,
-    prefix: &str,
-    cities: usize,
-    count: usize,
-    first_population: i64,
-) {
-    let updates = (0..count)
-        .map(|i| {
-            (
-                format!("{prefix} {}", i % cities),
-                first_population + i as i64,
-            )
-        })
-        .collect();
-    for (key, offset, population) in kafka.produce_updates(topic, updates).await {
-        expect(expected, &key, offset, population);
-    }
-}
-
-/// Waits until the index holds exactly `expected` (population and version per key,
-/// nothing deleted), then returns; panics with examples after `CATCH_UP`.
-async fn wait_for_index(stack: &Stack, alias: &str, expected: &Expected) {
-    let deadline = Instant::now() + CATCH_UP;
-    loop {
-        let docs = documents(&stack.elasticsearch, alias).await;
-        let wrong: Vec<String> = expected
-            .iter()
-            .filter(|(key, (offset, population))| {
-                docs.get(*key).is_none_or(|d| {
-                    d["population"] != *population
-                        || d["version"] != *offset
-                        || d["deleted"] == true
-                })
-            })
-            .map(|(key, want)| format!("{key}: want {want:?}, got {:?}", docs.get(key)))
-            .take(5)
-            .collect();
-        if wrong.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "index {alias} never caught up, e.g. {wrong:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Waits until `series` on the service's metrics reaches `value`.
-async fn wait_for_metric(service: &Service, series: &str, value: f64) {
-    let deadline = Instant::now() + CATCH_UP;
-    loop {
-        let current = service.metric(series).await;
-        if current >= value {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} stayed at {current}, want {value}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Waits until `group` has committed everything `topic` holds: all of it handled.
-async fn wait_for_committed(kafka: &Kafka, group: &str, topic: &str) {
-    let deadline = Instant::now() + CATCH_UP;
-    loop {
-        let ends: BTreeMap<i32, i64> = kafka
-            .end_offsets(topic)
-            .into_iter()
-            .filter(|(_, end)| *end > 0)
-            .collect();
-        let committed = kafka.committed(group, topic);
-        if committed == ends {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{group} committed {committed:?}, topic ends at {ends:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
+use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_goes_to_the_dead_letter_topic_and_every_good_event_is_indexed() {
@@ -129,18 +27,8 @@ async fn poison_goes_to_the_dead_letter_topic_and_every_good_event_is_indexed() 
     let names = Names::unique("poison");
     let kafka = Kafka::connect(&stack.kafka);
 
-    // An index whose mapping holds population as a 32-bit integer, as a hand-edited
-    // template might: the engine then rejects populations above 2^31 with a
-    // mapping error, which is how a `rejected` dead letter arises.
-    let mut mappings = citypop_schemas::document::mappings();
-    mappings["properties"]["population"]["type"] = json!("integer");
-    reqwest::Client::new()
-        .put(format!("{}/{}-initial", stack.elasticsearch, names.alias))
-        .json(&json!({"mappings": mappings, "settings": {"number_of_replicas": 0}, "aliases": {names.alias.as_str(): {}}}))
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .expect("creating the narrow index");
+    // Populations above 2^31 are then rejected by the engine: `rejected` poison.
+    create_narrow_index(&stack.elasticsearch, &names.alias).await;
     let indexer = spawn_indexer(&stack, &names).await;
 
     #[derive(Clone, Copy, Debug, PartialEq)]

@@ -1,5 +1,9 @@
 //! End-to-end tests against real Kafka and a real search engine. See the harness in
 //! `citypop_tests` for how services are started and named.
 
+mod api;
+mod common;
+mod dlq;
 mod indexer;
 mod pipeline;
+mod replay;

@@ -1,0 +1,246 @@
+//! `indexer dlq list` and `indexer dlq redrive`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use apache_avro::types::Value as Avro;
+use citypop_schemas::CityKey;
+use citypop_tests::engine::{create_narrow_index, documents};
+use citypop_tests::kafka::{Kafka, now_micros};
+use citypop_tests::{
+    Names, Readiness, Stack, run_indexer_command, spawn_indexer, spawn_indexer_with,
+};
+use serde_json::Value;
+
+use crate::common::{CATCH_UP, wait_for_metric};
+
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A v2 of the event, adding a field with a default as the contract allows: the
+/// schema a newer producer might write before the indexer knows it.
+const SCHEMA_V2: &str = r#"{"type": "record", "name": "CityPopulationUpdated", "namespace": "io.citypop.events",
+  "fields": [
+    {"name": "event_id", "type": "string"},
+    {"name": "city", "type": "string"},
+    {"name": "population", "type": "long"},
+    {"name": "occurred_at", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+    {"name": "country", "type": "string", "default": ""}
+  ]}"#;
+
+fn encode_v2(city: &str, population: i64) -> Vec<u8> {
+    let schema = apache_avro::Schema::parse_str(SCHEMA_V2).unwrap();
+    let record = Avro::Record(vec![
+        (
+            "event_id".into(),
+            Avro::String(uuid::Uuid::now_v7().to_string()),
+        ),
+        ("city".into(), Avro::String(city.into())),
+        ("population".into(), Avro::Long(population)),
+        ("occurred_at".into(), Avro::TimestampMicros(now_micros())),
+        ("country".into(), Avro::String("FR".into())),
+    ]);
+    let mut payload = vec![0xC3, 0x01];
+    payload.extend(schema.fingerprint::<apache_avro::rabin::Rabin>().bytes);
+    payload.extend(apache_avro::to_avro_datum(&schema, record).unwrap());
+    payload
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_list_shows_each_dead_letter_with_its_reason_and_origin() {
+    let stack = Stack::from_env();
+    let names = Names::unique("dlqlist");
+    let kafka = Kafka::connect(&stack.kafka);
+    create_narrow_index(&stack.elasticsearch, &names.alias).await;
+    let indexer = spawn_indexer(&stack, &names).await;
+
+    // key → (reason, partition, offset)
+    let mut poison: BTreeMap<String, (&str, i32, i64)> = BTreeMap::new();
+    for i in 0..3 {
+        for (reason, city, payload) in [
+            (
+                "decode",
+                format!("Broken City {i}"),
+                b"not avro at all".to_vec(),
+            ),
+            (
+                "schema",
+                format!("Future City {i}"),
+                encode_v2(&format!("Future City {i}"), 1),
+            ),
+            (
+                "rejected",
+                format!("Huge City {i}"),
+                kafka.encode(&format!("Huge City {i}"), 3_000_000_000, now_micros()),
+            ),
+        ] {
+            let key = CityKey::parse(&city).unwrap().as_str().to_owned();
+            let (partition, offset) = kafka.produce(&names.topic, &key, Some(&payload), &[]).await;
+            poison.insert(key, (reason, partition, offset));
+        }
+        kafka
+            .produce_update(&names.topic, &format!("Fine City {i}"), 10)
+            .await;
+    }
+    wait_for_metric(
+        &indexer,
+        "citypop_indexer_dead_letters_total{reason=\"rejected\"}",
+        3.0,
+    )
+    .await;
+
+    let listed: Vec<Value> = serde_json::from_str(
+        &run_indexer_command(
+            &stack,
+            &names,
+            &["dlq", "list", "--json"],
+            &[],
+            COMMAND_TIMEOUT,
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(listed.len(), poison.len(), "{listed:?}");
+    for letter in &listed {
+        let key = letter["key"].as_str().unwrap();
+        let &(reason, partition, offset) = poison
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} is not poison"));
+        assert_eq!(letter["reason"], reason, "{letter}");
+        assert_eq!(letter["topic"], names.topic.as_str());
+        assert_eq!(letter["partition"], partition);
+        assert_eq!(letter["offset"], offset);
+        assert!(!letter["error"].as_str().unwrap().is_empty());
+        assert!(letter["failed_at"].as_str().unwrap().starts_with("20"));
+    }
+
+    let schema_only: Vec<Value> = serde_json::from_str(
+        &run_indexer_command(
+            &stack,
+            &names,
+            &["dlq", "list", "--reason", "schema", "--json"],
+            &[],
+            COMMAND_TIMEOUT,
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(schema_only.len(), 3);
+    assert!(schema_only.iter().all(|l| l["reason"] == "schema"));
+    let limited: Vec<Value> = serde_json::from_str(
+        &run_indexer_command(
+            &stack,
+            &names,
+            &["dlq", "list", "--limit", "2", "--json"],
+            &[],
+            COMMAND_TIMEOUT,
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(limited.len(), 2);
+    let table = run_indexer_command(&stack, &names, &["dlq", "list"], &[], COMMAND_TIMEOUT).await;
+    assert!(table.contains("9 dead letters"), "{table}");
+    assert!(
+        table.contains("huge city 0") && table.contains("rejected"),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_after_a_schema_fix_indexes_the_dead_letters_exactly_once() {
+    const FUTURE: i64 = 5;
+    let stack = Stack::from_env();
+    let names = Names::unique("redrive");
+    let kafka = Kafka::connect(&stack.kafka);
+    let indexer = spawn_indexer(&stack, &names).await;
+    for i in 0..FUTURE {
+        let city = format!("Future City {i}");
+        let key = CityKey::parse(&city).unwrap().as_str().to_owned();
+        kafka
+            .produce(
+                &names.topic,
+                &key,
+                Some(&encode_v2(&city, 1000 + i)),
+                &[("origin", "v2-producer")],
+            )
+            .await;
+    }
+    wait_for_metric(
+        &indexer,
+        "citypop_indexer_dead_letters_total{reason=\"schema\"}",
+        FUTURE as f64,
+    )
+    .await;
+    drop(indexer);
+
+    // The fix: the indexer learns the new schema.
+    let schema_dir =
+        std::env::temp_dir().join(format!("citypop-schemas-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&schema_dir).unwrap();
+    std::fs::write(
+        schema_dir.join("city_population_updated.v2.avsc"),
+        SCHEMA_V2,
+    )
+    .unwrap();
+    let fixed = [("CITYPOP_SCHEMA_DIR", schema_dir.display().to_string())];
+    let _indexer = spawn_indexer_with(&stack, &names, &fixed, Readiness::Ready).await;
+
+    let dry = run_indexer_command(
+        &stack,
+        &names,
+        &["dlq", "redrive", "--dry-run"],
+        &[],
+        COMMAND_TIMEOUT,
+    )
+    .await;
+    assert!(dry.contains("would redrive 5 "), "{dry}");
+    let first =
+        run_indexer_command(&stack, &names, &["dlq", "redrive"], &[], COMMAND_TIMEOUT).await;
+    assert!(
+        first.contains("redriven 5 ") && first.contains("schema 5"),
+        "{first}"
+    );
+
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        let docs = documents(&stack.elasticsearch, &names.alias).await;
+        let indexed = (0..FUTURE)
+            .filter(|i| {
+                docs.get(&format!("future city {i}"))
+                    .is_some_and(|d| d["population"] == 1000 + i)
+            })
+            .count();
+        if indexed == FUTURE as usize {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{indexed} of {FUTURE} redriven events indexed"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let second =
+        run_indexer_command(&stack, &names, &["dlq", "redrive"], &[], COMMAND_TIMEOUT).await;
+    assert!(
+        second.contains("redriven 0 "),
+        "nothing is redriven twice: {second}"
+    );
+    let redriven: Vec<_> = kafka
+        .read_all(&names.topic)
+        .into_iter()
+        .filter(|r| r.headers.contains_key("citypop.redriven_from"))
+        .collect();
+    assert_eq!(redriven.len(), FUTURE as usize);
+    for record in redriven {
+        assert_eq!(
+            record.headers["origin"], "v2-producer",
+            "original headers are kept"
+        );
+        assert!(
+            !record.headers.keys().any(|k| k.starts_with("citypop.dlq.")),
+            "{:?}",
+            record.headers
+        );
+    }
+}
