@@ -1,15 +1,38 @@
 //! Reads from the search index alias. producer-api never writes to the engine.
 
+use std::time::Instant;
+
 use citypop_runtime::EngineArgs;
 use citypop_schemas::CityKey;
 use citypop_schemas::document::CityDocument;
 use elasticsearch::cluster::ClusterHealthParts;
 use elasticsearch::http::StatusCode;
-use elasticsearch::{Elasticsearch, GetParts};
+use elasticsearch::{Elasticsearch, GetParts, SearchParts};
+use serde::Serialize;
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use crate::search::{Search, SortOrder};
 
 pub struct CityIndex {
     client: Elasticsearch,
     alias: String,
+}
+
+/// One page of a search: the documents, and the sort values of each to continue
+/// after it.
+pub struct Page {
+    pub hits: Vec<(CityDocument, Vec<Value>)>,
+}
+
+/// The engine's state, for `/health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EngineStatus {
+    pub cluster_name: String,
+    /// `green` or `yellow`; `red` counts as down.
+    pub cluster_status: String,
+    pub alias: String,
+    pub latency_ms: u64,
 }
 
 impl CityIndex {
@@ -20,23 +43,84 @@ impl CityIndex {
         })
     }
 
-    /// The city's current document; `None` when it was never indexed or is deleted.
+    /// The city's current document, soft-deleted ones included (their version
+    /// matters to read-your-writes); `None` when it was never indexed. A get by id is
+    /// real-time: it sees a write before the index refreshes.
     pub async fn get(&self, key: &CityKey) -> anyhow::Result<Option<CityDocument>> {
         let response = self
             .client
             .get(GetParts::IndexId(&self.alias, key.as_str()))
             .send()
             .await?;
+        // A missing document and a missing alias (no indexer has run yet) both mean
+        // the city is not there.
         if response.status_code() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
         let response = response.error_for_status_code()?;
         let body: GetResponse = response.json().await?;
-        Ok(body.source.filter(|doc| !doc.deleted))
+        Ok(body.source)
+    }
+
+    /// One page of live (not deleted) cities, `size` at most.
+    pub async fn search(&self, search: &Search, size: usize) -> anyhow::Result<Page> {
+        let mut filters = Vec::new();
+        if let Some(prefix) = &search.prefix {
+            filters.push(json!({"prefix": {"key": prefix}}));
+        }
+        if search.min_population.is_some() || search.max_population.is_some() {
+            let mut range = serde_json::Map::new();
+            if let Some(min) = search.min_population {
+                range.insert("gte".into(), min.into());
+            }
+            if let Some(max) = search.max_population {
+                range.insert("lte".into(), max.into());
+            }
+            filters.push(json!({"range": {"population": range}}));
+        }
+        // The key is unique, so ending every sort with it gives a total order:
+        // `search_after` then neither skips nor repeats a city between pages.
+        let sort = match search.sort {
+            SortOrder::Name => json!([{"key": "asc"}]),
+            SortOrder::Population => json!([{"population": "asc"}, {"key": "asc"}]),
+            SortOrder::PopulationDesc => json!([{"population": "desc"}, {"key": "asc"}]),
+        };
+        let mut body = json!({
+            "size": size,
+            "query": {"bool": {
+                "filter": filters,
+                "must_not": [{"term": {"deleted": true}}],
+            }},
+            "sort": sort,
+            "track_total_hits": false,
+        });
+        if let Some(after) = &search.after {
+            body["search_after"] = Value::Array(after.clone());
+        }
+        let response = self
+            .client
+            .search(SearchParts::Index(&[&self.alias]))
+            .body(body)
+            .send()
+            .await?;
+        // No index behind the alias yet: no cities.
+        if response.status_code() == StatusCode::NOT_FOUND {
+            return Ok(Page { hits: Vec::new() });
+        }
+        let body: SearchResponse = response.error_for_status_code()?.json().await?;
+        Ok(Page {
+            hits: body
+                .hits
+                .hits
+                .into_iter()
+                .map(|hit| (hit.source, hit.sort))
+                .collect(),
+        })
     }
 
     /// Whether the engine answers and the cluster is at least yellow.
-    pub async fn check_engine(&self) -> Result<(), String> {
+    pub async fn check_engine(&self) -> Result<EngineStatus, String> {
+        let started = Instant::now();
         let response = self
             .client
             .cluster()
@@ -44,15 +128,21 @@ impl CityIndex {
             .send()
             .await
             .map_err(|e| e.to_string())?;
-        let body: serde_json::Value = response
+        let body: Value = response
             .error_for_status_code()
             .map_err(|e| e.to_string())?
             .json()
             .await
             .map_err(|e| e.to_string())?;
-        match body["status"].as_str() {
-            Some("green" | "yellow") => Ok(()),
-            other => Err(format!("cluster status is {}", other.unwrap_or("unknown"))),
+        let status = body["status"].as_str().unwrap_or("unknown");
+        match status {
+            "green" | "yellow" => Ok(EngineStatus {
+                cluster_name: body["cluster_name"].as_str().unwrap_or_default().to_owned(),
+                cluster_status: status.to_owned(),
+                alias: self.alias.clone(),
+                latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            }),
+            other => Err(format!("cluster status is {other}")),
         }
     }
 }
@@ -61,4 +151,22 @@ impl CityIndex {
 struct GetResponse {
     #[serde(rename = "_source")]
     source: Option<CityDocument>,
+}
+
+#[derive(serde::Deserialize)]
+struct SearchResponse {
+    hits: Hits,
+}
+
+#[derive(serde::Deserialize)]
+struct Hits {
+    hits: Vec<Hit>,
+}
+
+#[derive(serde::Deserialize)]
+struct Hit {
+    #[serde(rename = "_source")]
+    source: CityDocument,
+    #[serde(default)]
+    sort: Vec<Value>,
 }

@@ -1,7 +1,10 @@
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use citypop_runtime::{EngineArgs, KafkaArgs, LogArgs};
+
+use crate::api_keys::ApiKeyList;
 
 /// citypop producer-api: validates city population updates, publishes them to
 /// Kafka, and serves reads straight from the search index.
@@ -16,6 +19,26 @@ pub struct Config {
     #[arg(long, env = "CITYPOP_PUBLISH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub publish_timeout: Duration,
 
+    /// Writes the producer may hold while Kafka has not acknowledged them; past it,
+    /// writes get 503 at once instead of waiting.
+    #[arg(
+        long,
+        env = "CITYPOP_PRODUCER_QUEUE_MESSAGES",
+        default_value_t = 100_000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub producer_queue_messages: u32,
+
+    /// API keys that writes must present in `X-API-Key`, comma-separated. With no key
+    /// here nor in the key file, writes are open. Reads are always open.
+    #[arg(long, env = "CITYPOP_API_KEYS", hide_env_values = true, value_parser = ApiKeyList::parse)]
+    pub api_keys: Option<ApiKeyList>,
+
+    /// File of further API keys, one a line (blank lines and `#` comments skipped),
+    /// such as a mounted Kubernetes Secret.
+    #[arg(long, env = "CITYPOP_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
@@ -24,4 +47,26 @@ pub struct Config {
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn the_command_is_well_formed() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn keys_stay_out_of_debug_output() {
+        let config =
+            Config::try_parse_from(["producer-api", "--api-keys", "hunter2,correct-horse"])
+                .unwrap();
+        assert_eq!(config.api_keys.as_ref().map(ApiKeyList::len), Some(2));
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("correct-horse"), "{shown}");
+    }
 }

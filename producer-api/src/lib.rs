@@ -8,12 +8,22 @@
 //!   ones never reach Kafka and get an `application/problem+json` body.
 //! - Reads come straight from the search index alias; this service never writes to
 //!   the engine.
+//! - When API keys are configured, every write needs one in `X-API-Key`; keys are
+//!   compared in constant time and never logged.
+//! - The W3C `traceparent` of a request (or a new one) travels with its events into
+//!   Kafka's headers.
+//! - On SIGTERM it stops accepting connections, finishes the requests in flight,
+//!   flushes the producer and exits 0.
 
+mod api_keys;
 mod city_index;
 pub mod config;
+mod metrics;
 mod problem;
 mod publisher;
 mod routes;
+mod search;
+mod trace_context;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,9 +47,26 @@ impl Application {
     /// Binds the listener and creates the clients; Kafka and the engine need not be
     /// up yet (readiness reports them).
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let api_keys =
+            api_keys::ApiKeys::load(config.api_keys.as_ref(), config.api_keys_file.as_deref())?;
+        if api_keys.required() {
+            tracing::info!(keys = api_keys.len(), "writes need an api key");
+        } else {
+            tracing::warn!(
+                "no api keys configured: writes are open to anyone who can reach the api"
+            );
+        }
+        let metrics = Arc::new(metrics::Metrics::new());
         let state = Arc::new(routes::AppState {
-            publisher: publisher::Publisher::new(&config.kafka, config.publish_timeout)?,
+            publisher: publisher::Publisher::new(
+                &config.kafka,
+                config.publish_timeout,
+                config.producer_queue_messages,
+                metrics.clone(),
+            )?,
             index: city_index::CityIndex::new(&config.engine)?,
+            api_keys,
+            metrics,
         });
         let listener = TcpListener::bind(config.listen)
             .await
@@ -51,8 +78,9 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, lets requests in flight finish, then
-    /// flushes the producer so no acknowledged-pending write is dropped.
+    /// Serves until `shutdown` resolves: stops accepting connections, lets requests
+    /// in flight finish (a read-your-writes wait included), then flushes the producer
+    /// so no write still waiting for Kafka is dropped.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,

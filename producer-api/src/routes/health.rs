@@ -1,36 +1,183 @@
-//! Liveness and readiness.
+//! Liveness, readiness, and the detailed health report.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
+use crate::city_index::EngineStatus;
+use crate::publisher::KafkaStatus;
 
-/// The process is up and serving; says nothing about dependencies, so a Kafka
-/// outage never gets the pod restarted.
-pub async fn livez() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// A probe's answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Probe {
+    /// `ok`, `ready`, or why not.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
-/// Ready when both Kafka (with the topic) and the search engine answer.
-pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
+/// The process is up and serving. It says nothing about dependencies, so a Kafka
+/// outage never gets the pod restarted; it fails only when the producer hit a fatal
+/// error, which only a restart clears.
+#[utoipa::path(
+    get,
+    path = "/livez",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Serving", body = Probe),
+        (status = 503, description = "The Kafka producer failed for good; restart the process", body = Probe),
+    )
+)]
+pub async fn livez(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Probe>) {
+    match state.publisher.fatal_error() {
+        None => (
+            StatusCode::OK,
+            Json(Probe {
+                status: "ok",
+                error: None,
+            }),
+        ),
+        Some(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Probe {
+                status: "failed",
+                error: Some(error),
+            }),
+        ),
+    }
+}
+
+/// One dependency's state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Check<T> {
+    /// `up` or `down`.
+    pub status: &'static str,
+    /// What was seen, when up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<T>,
+    /// Why it is down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl<T> From<Result<T, String>> for Check<T> {
+    fn from(result: Result<T, String>) -> Self {
+        match result {
+            Ok(detail) => Self {
+                status: "up",
+                detail: Some(detail),
+                error: None,
+            },
+            Err(error) => Self {
+                status: "down",
+                detail: None,
+                error: Some(error),
+            },
+        }
+    }
+}
+
+impl<T> Check<T> {
+    fn is_up(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Checks {
+    pub kafka: Check<KafkaStatus>,
+    pub elasticsearch: Check<EngineStatus>,
+}
+
+/// Readiness: whether both dependencies answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not ready`.
+    pub status: &'static str,
+    pub checks: Checks,
+}
+
+/// Both dependencies, checked at once.
+async fn checks(state: &AppState) -> Checks {
     let (kafka, engine) = tokio::join!(state.publisher.check_kafka(), state.index.check_engine());
-    let ready = kafka.is_ok() && engine.is_ok();
-    let check = |result: Result<(), String>| match result {
-        Ok(()) => json!({"status": "up"}),
-        Err(error) => json!({"status": "down", "error": error}),
+    Checks {
+        kafka: kafka.into(),
+        elasticsearch: engine.into(),
+    }
+}
+
+/// Ready when Kafka answers and has the topic, and the search engine answers with a
+/// yellow or green cluster.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Kafka and the engine answer", body = Readiness),
+        (status = 503, description = "Kafka or the engine does not answer; `checks` says which", body = Readiness),
+    )
+)]
+pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Readiness>) {
+    let checks = checks(&state).await;
+    let ready = checks.kafka.is_up() && checks.elasticsearch.is_up();
+    let body = Readiness {
+        status: if ready { "ready" } else { "not ready" },
+        checks,
     };
-    let body = json!({
-        "status": if ready { "ready" } else { "not ready" },
-        "checks": {"kafka": check(kafka), "elasticsearch": check(engine)},
-    });
-    let status = if ready {
+    (status_code(ready), Json(body))
+}
+
+/// The detailed health report. `status` and `elasticsearch` keep the keys and values
+/// of the original API's health endpoint (`{"status": "ok", "elasticsearch":
+/// "connected"}`); `kafka` and `checks` add the rest.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` when every dependency is up, else `error`.
+    pub status: &'static str,
+    /// `connected` or `disconnected`.
+    pub elasticsearch: &'static str,
+    /// `connected` or `disconnected`.
+    pub kafka: &'static str,
+    pub version: &'static str,
+    pub checks: Checks,
+}
+
+/// Health of the service and each dependency, with latency and detail.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Every dependency is up", body = Health,
+            example = json!({"status": "ok", "elasticsearch": "connected", "kafka": "connected", "version": "0.1.0",
+                "checks": {"kafka": {"status": "up", "detail": {"topic": "city-updates", "partitions": 12, "brokers": 1, "in_flight": 0, "latency_ms": 2}},
+                           "elasticsearch": {"status": "up", "detail": {"cluster_name": "elasticsearch", "cluster_status": "green", "alias": "cities", "latency_ms": 3}}}})),
+        (status = 503, description = "A dependency is down", body = Health),
+    )
+)]
+pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Health>) {
+    let checks = checks(&state).await;
+    let connected = |up: bool| if up { "connected" } else { "disconnected" };
+    let healthy = checks.kafka.is_up() && checks.elasticsearch.is_up();
+    let body = Health {
+        status: if healthy { "ok" } else { "error" },
+        elasticsearch: connected(checks.elasticsearch.is_up()),
+        kafka: connected(checks.kafka.is_up()),
+        version: env!("CARGO_PKG_VERSION"),
+        checks,
+    };
+    (status_code(healthy), Json(body))
+}
+
+fn status_code(up: bool) -> StatusCode {
+    if up {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body))
+    }
 }

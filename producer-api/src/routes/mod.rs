@@ -1,33 +1,402 @@
-mod city;
+//! The HTTP API, one file per route, and the router that joins them.
+//!
+//! Every route is registered through `utoipa_axum::routes!`, which adds it to the
+//! router and to the OpenAPI document at once, so the two cannot drift apart.
+
+mod api_key;
+pub mod bulk;
+mod delete;
+mod get;
 mod health;
 mod json_body;
+mod list;
+mod metrics;
+mod openapi;
+mod query;
+mod upsert;
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
-use tower_http::trace::TraceLayer;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use citypop_schemas::document::CityDocument;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Serialize;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::api_keys::ApiKeys;
 use crate::city_index::CityIndex;
-use crate::publisher::Publisher;
+use crate::metrics::Metrics;
+use crate::problem::Problem;
+use crate::publisher::{Accepted, PublishError, Publisher};
+use crate::trace_context::{self, TraceContext};
 
 /// The largest single-update body accepted: a name of 200 characters fits many
 /// times over; anything larger is not a city update.
 pub const MAX_UPDATE_BODY_BYTES: usize = 64 * 1024;
 
+/// The largest bulk body accepted: 1,000 items of generous size, and a bound on
+/// what one request can make the server buffer.
+pub const MAX_BULK_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Seconds a client should wait before retrying what a dependency could not take.
+const RETRY_AFTER_SECS: u64 = 1;
+
+/// The request id header: taken from the client when it sends one, else a UUID;
+/// echoed in the response and logged with every request.
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Characters escaped in a path segment of `Location`: all but RFC 3986 unreserved.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 pub struct AppState {
     pub publisher: Publisher,
     pub index: CityIndex,
+    pub api_keys: ApiKeys,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Every route, as the router and as the OpenAPI document.
+pub fn api() -> OpenApiRouter<Arc<AppState>> {
+    let single_writes = OpenApiRouter::new()
+        .routes(routes!(upsert::post_city))
+        .routes(routes!(upsert::put_city))
+        .layer(DefaultBodyLimit::max(MAX_UPDATE_BODY_BYTES));
+    let bulk_writes = OpenApiRouter::new()
+        .routes(routes!(bulk::post_bulk))
+        .layer(DefaultBodyLimit::max(MAX_BULK_BODY_BYTES));
+    OpenApiRouter::with_openapi(openapi::base())
+        .merge(single_writes)
+        .merge(bulk_writes)
+        .routes(routes!(get::get_city, delete::delete_city))
+        .routes(routes!(list::list_cities))
+        .routes(routes!(health::livez))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::health))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(openapi::openapi_json))
+        // Bodies of routes that take none are refused past this size too.
+        .layer(DefaultBodyLimit::max(MAX_UPDATE_BODY_BYTES))
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/city", post(city::upsert))
-        .route("/city/{name}", get(city::get))
-        .route("/livez", get(health::livez))
-        .route("/readyz", get(health::readyz))
-        .layer(DefaultBodyLimit::max(MAX_UPDATE_BODY_BYTES))
-        .layer(TraceLayer::new_for_http())
+    let (router, document) = api().split_for_parts();
+    let document = openapi::Document::new(&document);
+    let middleware = ServiceBuilder::new()
+        // Outermost first. Marking the key header sensitive keeps it out of any
+        // log or debug output of the request.
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            HeaderName::from_static("x-api-key"),
+            header::AUTHORIZATION,
+            header::COOKIE,
+        ]))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(axum::middleware::from_fn(trace_context::layer))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                // A 503 while Kafka is down is the API working as designed; the
+                // handlers log its cause, so the access log only warns.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::track,
+        ));
+    router
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::Extension(document))
+        .layer(middleware)
         .with_state(state)
+}
+
+/// The span every request's logs carry: route template, request id and trace id, so
+/// a log line leads to the Kafka event and back.
+fn request_span(request: &Request<Body>) -> tracing::Span {
+    let header = |name: &HeaderName| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(crate::metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
+    let trace_id = request
+        .extensions()
+        .get::<TraceContext>()
+        .map(|t| t.0.trace_id())
+        .unwrap_or_default();
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        uri = %request.uri(),
+        route,
+        request_id = header(&REQUEST_ID),
+        trace_id,
+    )
+}
+
+async fn unknown_route(request: Request) -> Problem {
+    Problem::unknown_route(request.uri().path())
+}
+
+async fn method_not_allowed(request: Request) -> Problem {
+    Problem::method_not_allowed(request.method().as_str(), request.uri().path())
+}
+
+/// The latest indexed state of a city.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CityView {
+    /// The display name as last submitted (NFC, trimmed).
+    pub name: String,
+    /// The city key: NFC, trimmed, inner whitespace collapsed, lower-cased.
+    pub key: String,
+    pub population: i64,
+    /// When the update was accepted, RFC 3339 UTC.
+    pub updated_at: String,
+    /// The Kafka offset of the update: compare with `offset` of a write.
+    pub version: i64,
+}
+
+impl From<CityDocument> for CityView {
+    fn from(doc: CityDocument) -> Self {
+        Self {
+            name: doc.name.unwrap_or_default(),
+            key: doc.key,
+            population: doc.population.unwrap_or_default(),
+            updated_at: doc.updated_at,
+            version: doc.version,
+        }
+    }
+}
+
+/// `202 Accepted` with where the event lives, and `Location` of the city when the
+/// write leaves one to read.
+fn accepted_response(accepted: Accepted, with_location: bool) -> Response {
+    let location = format!("/city/{}", utf8_percent_encode(&accepted.key, PATH_SEGMENT));
+    let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
+    if with_location && let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// What a client hears when Kafka did not take a write.
+fn publish_problem(error: &PublishError) -> Problem {
+    if error.is_transient() {
+        tracing::warn!(%error, reason = error.reason(), "write not acknowledged");
+        Problem::unavailable(error.to_string(), RETRY_AFTER_SECS)
+    } else {
+        tracing::error!(%error, reason = error.reason(), "write not published");
+        Problem::internal(error.to_string())
+    }
+}
+
+/// What a client hears when the index cannot be read. The cause goes to the log
+/// only: it names internal hosts and says nothing the client can act on.
+fn index_problem(error: &anyhow::Error) -> Problem {
+    tracing::warn!(error = format!("{error:#}"), "index read failed");
+    Problem::unavailable("the search index cannot be read now", RETRY_AFTER_SECS)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use axum::http::Method;
+    use citypop_runtime::{EngineArgs, KafkaArgs};
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// The routes of the brief's table, which the document must hold at least.
+    const CONTRACT: &[(&str, &str)] = &[
+        ("post", "/city"),
+        ("put", "/cities/{name}"),
+        ("post", "/cities/bulk"),
+        ("delete", "/city/{name}"),
+        ("get", "/city/{name}"),
+        ("get", "/cities"),
+        ("get", "/livez"),
+        ("get", "/readyz"),
+        ("get", "/health"),
+        ("get", "/metrics"),
+        ("get", "/openapi.json"),
+    ];
+
+    /// A state whose Kafka and engine are nowhere: requests fail fast instead of
+    /// reaching anything.
+    fn unconnected_state() -> Arc<AppState> {
+        let metrics = Arc::new(Metrics::new());
+        let kafka = KafkaArgs {
+            kafka_bootstrap_servers: "127.0.0.1:1".into(),
+            topic: "unit-test".into(),
+        };
+        let engine = EngineArgs {
+            elasticsearch_url: "http://127.0.0.1:1".parse().unwrap(),
+            index_alias: "unit-test".into(),
+            elasticsearch_timeout: Duration::from_millis(200),
+        };
+        Arc::new(AppState {
+            publisher: Publisher::new(&kafka, Duration::from_millis(100), 10, metrics.clone())
+                .unwrap(),
+            index: CityIndex::new(&engine).unwrap(),
+            api_keys: ApiKeys::load(None, None).unwrap(),
+            metrics,
+        })
+    }
+
+    fn documented() -> (Value, BTreeSet<(String, String)>) {
+        let (_, document) = api().split_for_parts();
+        let document = serde_json::to_value(&document).unwrap();
+        let mut routes = BTreeSet::new();
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                routes.insert((method.clone(), path.clone()));
+            }
+        }
+        (document, routes)
+    }
+
+    #[test]
+    fn the_document_is_openapi_3_1_with_the_whole_contract() {
+        let (document, routes) = documented();
+        assert_eq!(document["openapi"], "3.1.0");
+        for (method, path) in CONTRACT {
+            assert!(
+                routes.contains(&((*method).to_owned(), (*path).to_owned())),
+                "{method} {path} is not documented"
+            );
+        }
+        // Every error response is a problem.
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                for (status, response) in operation["responses"].as_object().unwrap() {
+                    let is_probe = ["/livez", "/readyz", "/health"].contains(&path.as_str());
+                    if status.starts_with('2') || is_probe {
+                        continue;
+                    }
+                    assert!(
+                        response["content"]
+                            .get("application/problem+json")
+                            .is_some(),
+                        "{method} {path} {status} is not a problem: {response}"
+                    );
+                }
+            }
+        }
+        assert!(document["components"]["securitySchemes"]["api_key"].is_object());
+        assert_refs_resolve(&document, &document);
+    }
+
+    fn assert_refs_resolve(document: &Value, node: &Value) {
+        match node {
+            Value::Object(map) => {
+                if let Some(Value::String(reference)) = map.get("$ref") {
+                    let name = reference.trim_start_matches("#/components/schemas/");
+                    assert!(
+                        document["components"]["schemas"].get(name).is_some(),
+                        "{reference} is not in the document"
+                    );
+                }
+                map.values().for_each(|v| assert_refs_resolve(document, v));
+            }
+            Value::Array(items) => items.iter().for_each(|v| assert_refs_resolve(document, v)),
+            _ => {}
+        }
+    }
+
+    /// Every (method, path) the router serves is in the document and the other way
+    /// round. Routes join both through `routes!`, so this guards against a route
+    /// added to the router by hand.
+    #[tokio::test]
+    async fn every_route_in_the_router_is_in_the_document() {
+        let (_, documented) = documented();
+        let paths: BTreeSet<&str> = documented
+            .iter()
+            .map(|(_, path)| path.as_str())
+            .chain(CONTRACT.iter().map(|(_, path)| *path))
+            .collect();
+        let router = router(unconnected_state());
+        let mut probes = Vec::new();
+        for path in &paths {
+            for method in [
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::DELETE,
+                Method::PATCH,
+            ] {
+                let request = Request::builder()
+                    .method(method.clone())
+                    .uri(path.replace("{name}", "paris"))
+                    .body(Body::empty())
+                    .unwrap();
+                let router = router.clone();
+                probes.push(async move {
+                    let response = router.oneshot(request).await.unwrap();
+                    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                        .await
+                        .unwrap();
+                    let kind = serde_json::from_slice::<Value>(&body)
+                        .ok()
+                        .and_then(|v| v["type"].as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    let served =
+                        !kind.ends_with(":unknown-route") && !kind.ends_with(":method-not-allowed");
+                    (method.as_str().to_lowercase(), path.to_string(), served)
+                });
+            }
+        }
+        for (method, path, served) in futures::future::join_all(probes).await {
+            let is_documented = documented.contains(&(method.clone(), path.clone()));
+            assert_eq!(
+                served, is_documented,
+                "{method} {path}: served {served}, documented {is_documented}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_and_methods_are_problems() {
+        let router = router(unconnected_state());
+        for (method, uri, status) in [
+            (Method::GET, "/nope", StatusCode::NOT_FOUND),
+            (Method::PATCH, "/city/paris", StatusCode::METHOD_NOT_ALLOWED),
+        ] {
+            let request = Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap();
+            let response = router.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), status, "{uri}");
+            assert_eq!(
+                response.headers()[header::CONTENT_TYPE],
+                crate::problem::CONTENT_TYPE
+            );
+        }
+    }
 }

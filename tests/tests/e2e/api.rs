@@ -1134,7 +1134,7 @@ async fn a_full_producer_queue_gives_503_at_once() {
     second.assert_problem(503, "unavailable");
     assert!(second.header("retry-after").is_some());
     assert!(
-        second.elapsed < Duration::from_secs(1),
+        second.elapsed < Duration::from_secs(2),
         "{:?}",
         second.elapsed
     );
@@ -1349,7 +1349,7 @@ async fn sigterm_finishes_requests_in_flight_and_exits_0() {
     let in_flight = {
         let http = client.http.clone();
         let url = format!(
-            "{}?min_version={}&wait_ms=3000",
+            "{}?min_version={}&wait_ms=5000",
             client.city_path("city", "Warsaw"),
             offset + 1_000
         );
@@ -1359,14 +1359,15 @@ async fn sigterm_finishes_requests_in_flight_and_exits_0() {
             (status, response.json::<Value>().await.unwrap())
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Long enough for the request to be in flight, well within its 5 s wait.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let base = client.base.clone();
     let signalled = Instant::now();
     let status = api.terminate().await;
     assert!(status.success(), "producer-api exited with {status}");
     // It waited for the request rather than cutting it off.
     assert!(
-        signalled.elapsed() >= Duration::from_secs(2),
+        signalled.elapsed() >= Duration::from_secs(3),
         "{:?}",
         signalled.elapsed()
     );

@@ -1,0 +1,40 @@
+//! The `X-API-Key` check every write route starts with.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+
+use super::AppState;
+use crate::problem::Problem;
+
+pub const HEADER: &str = "x-api-key";
+
+/// Proof that the request may write: it carries a configured key, or no keys are
+/// configured. As an extractor it runs before the body is read, so a client without
+/// a key learns so before uploading a large body.
+pub struct WriteAccess;
+
+impl FromRequestParts<Arc<AppState>> for WriteAccess {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        if !state.api_keys.required() {
+            return Ok(Self);
+        }
+        // An empty header is as good as none: 401, which tells the client what to add.
+        let Some(presented) = parts.headers.get(HEADER).filter(|v| !v.is_empty()) else {
+            return Err(Problem::missing_api_key());
+        };
+        if state.api_keys.accepts(presented.as_bytes()) {
+            Ok(Self)
+        } else {
+            // Neither the key nor a hint of it goes to the log.
+            tracing::info!("write refused: wrong api key");
+            Err(Problem::wrong_api_key())
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! `GET /openapi.json`, and the parts of the document no route declares: its title,
+//! tags and the API key scheme.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::OpenApi;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+
+use super::api_key;
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "citypop producer-api",
+        description = "Writes city populations to Kafka (202 once acknowledged) and reads them from the search index. Errors are `application/problem+json` (RFC 9457).",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    tags(
+        (name = "writes", description = "Upserts and deletes, published to Kafka; need `X-API-Key` when keys are configured"),
+        (name = "reads", description = "Straight from the search index; always open"),
+        (name = "operations", description = "Probes, health, metrics and this document"),
+    ),
+    // Types that appear only through `value_type`, which does not register them.
+    components(schemas(crate::search::SortOrder)),
+    modifiers(&ApiKeyScheme),
+)]
+struct Base;
+
+struct ApiKeyScheme;
+
+impl utoipa::Modify for ApiKeyScheme {
+    fn modify(&self, openapi: &mut OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                api_key::HEADER,
+                "One of the keys of CITYPOP_API_KEYS or CITYPOP_API_KEYS_FILE",
+            ))),
+        );
+    }
+}
+
+/// The document before the routes add their paths.
+pub fn base() -> OpenApi {
+    <Base as utoipa::OpenApi>::openapi()
+}
+
+/// The finished document, serialised once.
+#[derive(Clone)]
+pub struct Document(Arc<String>);
+
+impl Document {
+    pub fn new(openapi: &OpenApi) -> Self {
+        // The document is built from types that always serialise.
+        Self(Arc::new(openapi.to_pretty_json().unwrap_or_default()))
+    }
+}
+
+/// This API's OpenAPI 3.1 document, generated from the code.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI document", body = Object, content_type = "application/json")),
+)]
+pub async fn openapi_json(Extension(document): Extension<Document>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        document.0.as_str().to_owned(),
+    )
+        .into_response()
+}
