@@ -112,11 +112,17 @@ struct BulkResponse {
 }
 
 pub fn classify(item: &ItemResult, is_delete: bool) -> ItemOutcome {
-    let error = || {
-        item.error
-            .as_ref()
-            .map(|e| truncate(&e.to_string()).to_owned())
-            .unwrap_or_else(|| format!("status {}", item.status))
+    let error = || match &item.error {
+        // `type: reason` is what an operator needs; the nested `caused_by` can echo
+        // the whole request back.
+        Some(e) if e["type"].is_string() && e["reason"].is_string() => truncate(&format!(
+            "{}: {}",
+            e["type"].as_str().unwrap_or_default(),
+            e["reason"].as_str().unwrap_or_default()
+        ))
+        .to_owned(),
+        Some(e) => truncate(&e.to_string()).to_owned(),
+        None => format!("status {}", item.status),
     };
     match item.status {
         200..=299 if is_delete => ItemOutcome::Deleted,

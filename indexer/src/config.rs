@@ -117,6 +117,9 @@ impl Config {
 pub enum Command {
     /// Consume the topic and index it (the default).
     Run,
+    /// Create what the indexer needs (topics, index template, first index and
+    /// alias), then exit: for a deploy hook that runs before the indexers start.
+    Setup,
     /// Rebuild the index from the topic into a new index, then swap the alias to it.
     Replay(ReplayArgs),
     /// Inspect or republish dead letters.

@@ -98,35 +98,59 @@ pub fn create_consumer(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result
     Ok(consumer)
 }
 
-/// (low, high) watermarks of every partition of `topic`: the first offset still held
-/// and the next offset to be written.
-pub async fn watermarks<C: ConsumerContext + 'static>(
-    consumer: Arc<StreamConsumer<C>>,
-    topic: &str,
-) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
-    let topic = topic.to_owned();
-    // Metadata and watermark requests block; keep them off the async workers.
-    tokio::task::spawn_blocking(move || {
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), KAFKA_REQUEST_TIMEOUT)
-            .with_context(|| format!("fetching metadata of {topic}"))?;
-        let mut marks = BTreeMap::new();
-        for t in metadata.topics() {
-            if let Some(error) = t.error() {
-                anyhow::bail!("topic {topic}: {error:?}");
+/// Reads partition offsets with a client of its own. A consumer that is fetching
+/// answers offset requests only after its pending long-poll fetches, about half a
+/// second per partition; an idle client answers at once.
+#[derive(Clone)]
+pub struct OffsetReader(Arc<BaseConsumer>);
+
+impl OffsetReader {
+    pub fn new(kafka: &citypop_runtime::KafkaArgs) -> anyhow::Result<Self> {
+        let client: BaseConsumer = kafka
+            .client_config("citypop-indexer-offsets")
+            .create()
+            .context("creating the kafka offset reader")?;
+        Ok(Self(Arc::new(client)))
+    }
+
+    /// (low, high) watermarks of every partition of `topic`: the first offset still
+    /// held and the next offset to be written.
+    pub async fn watermarks(&self, topic: &str) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
+        let client = self.0.clone();
+        let topic = topic.to_owned();
+        // Metadata and watermark requests block; keep them off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let metadata = client
+                .fetch_metadata(Some(&topic), KAFKA_REQUEST_TIMEOUT)
+                .with_context(|| format!("fetching metadata of {topic}"))?;
+            let mut marks = BTreeMap::new();
+            for t in metadata.topics() {
+                if let Some(error) = t.error() {
+                    anyhow::bail!("topic {topic}: {error:?}");
+                }
+                for partition in t.partitions() {
+                    let partition_marks = client
+                        .fetch_watermarks(&topic, partition.id(), KAFKA_REQUEST_TIMEOUT)
+                        .with_context(|| {
+                            format!("fetching watermarks of {topic}/{}", partition.id())
+                        })?;
+                    marks.insert(partition.id(), partition_marks);
+                }
             }
-            for partition in t.partitions() {
-                let marks_of_partition = consumer
-                    .fetch_watermarks(&topic, partition.id(), KAFKA_REQUEST_TIMEOUT)
-                    .with_context(|| {
-                        format!("fetching watermarks of {topic}/{}", partition.id())
-                    })?;
-                marks.insert(partition.id(), marks_of_partition);
-            }
-        }
-        Ok(marks)
-    })
-    .await?
+            Ok(marks)
+        })
+        .await?
+    }
+
+    /// Per partition, the next offset to be written.
+    pub async fn end_offsets(&self, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+        Ok(self
+            .watermarks(topic)
+            .await?
+            .into_iter()
+            .map(|(partition, (_, high))| (partition, high))
+            .collect())
+    }
 }
 
 /// Waits for a first message, then gathers more until the batch is full or the

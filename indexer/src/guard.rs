@@ -6,13 +6,12 @@
 //! the index was built from.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use anyhow::Context;
 use elasticsearch::{Elasticsearch, SearchParts};
 use serde_json::{Value, json};
 
-use crate::consume::{GroupConsumer, watermarks};
+use crate::consume::OffsetReader;
 
 /// The most partitions the version query reports on; far above any real topic.
 const MAX_PARTITIONS: u32 = 10_000;
@@ -32,6 +31,7 @@ pub struct TopicRecreated {
 }
 
 pub struct TopicGuard {
+    pub offsets: OffsetReader,
     pub client: Elasticsearch,
     pub alias: String,
     pub topic: String,
@@ -40,19 +40,12 @@ pub struct TopicGuard {
 impl TopicGuard {
     /// Compares the topic's end offsets with the versions in the index. `Ok(Err(..))`
     /// is a mismatch; `Err` means the check itself could not run.
-    pub async fn check(
-        &self,
-        consumer: &Arc<GroupConsumer>,
-    ) -> anyhow::Result<Result<(), TopicRecreated>> {
+    pub async fn check(&self) -> anyhow::Result<Result<(), TopicRecreated>> {
         let indexed = highest_versions(&self.client, &self.alias).await?;
         if indexed.is_empty() {
             return Ok(Ok(()));
         }
-        let ends = watermarks(consumer.clone(), &self.topic)
-            .await?
-            .into_iter()
-            .map(|(partition, (_, high))| (partition, high))
-            .collect();
+        let ends = self.offsets.end_offsets(&self.topic).await?;
         Ok(compare(&self.topic, &indexed, &ends))
     }
 }

@@ -115,6 +115,7 @@ pub async fn run(
         },
         dead_letters: dead_letter::DeadLetters::new(&config.kafka, config.dlq_topic())?,
         guard: guard::TopicGuard {
+            offsets: consume::OffsetReader::new(&config.kafka)?,
             client,
             alias: config.engine.index_alias.clone(),
             topic: config.kafka.topic.clone(),

@@ -11,6 +11,7 @@ async fn main() -> anyhow::Result<()> {
             citypop_indexer::run(config.clone(), citypop_runtime::shutdown_signal()).await?;
             tracing::info!("indexer stopped");
         }
+        Some(Command::Setup) => citypop_indexer::setup::run(&config).await?,
         Some(Command::Replay(args)) => citypop_indexer::cmd::replay::run(&config, args).await?,
         Some(Command::Dlq(DlqCommand::List(args))) => {
             citypop_indexer::cmd::dlq::list(&config, args).await?

@@ -88,7 +88,7 @@ impl Pipeline {
     /// (not ready, metric set) and checks again later. `false` once told to stop.
     async fn wait_until_topic_matches(&self, stop: &mut watch::Receiver<bool>) -> bool {
         loop {
-            match self.guard.check(&self.consumer).await {
+            match self.guard.check().await {
                 Ok(Ok(())) => {
                     self.metrics.topic_recreated.set(0);
                     self.health.topic_matches(true);

@@ -24,6 +24,19 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 /// Dead letters are rare, and one partition keeps them in the order they failed.
 const DLQ_PARTITIONS: i32 = 1;
 
+/// `indexer setup`: everything the indexer ensures on start, and nothing else.
+pub async fn run(config: &Config) -> anyhow::Result<()> {
+    ensure_topics(config).await?;
+    ensure_index(&config.engine.client()?, config).await?;
+    println!(
+        "set up: topics {} and {}, index template and alias {}",
+        config.kafka.topic,
+        config.dlq_topic(),
+        config.engine.index_alias
+    );
+    Ok(())
+}
+
 pub async fn ensure_topics(config: &Config) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = config
         .kafka

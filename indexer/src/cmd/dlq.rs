@@ -12,7 +12,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::config::{Config, DlqListArgs, DlqRedriveArgs};
-use crate::consume::watermarks;
+use crate::consume::OffsetReader;
 use crate::dead_letter;
 use crate::decode::DeadLetterReason;
 
@@ -83,12 +83,13 @@ fn reader(config: &Config, group: &str) -> anyhow::Result<Arc<StreamConsumer>> {
 /// from its beginning) up to the end offsets taken now, handing each message to
 /// `each`. Returns the end offsets it read to.
 async fn read_to_end(
+    config: &Config,
     consumer: &Arc<StreamConsumer>,
     topic: &str,
     start: impl Fn(i32) -> Option<i64>,
     mut each: impl FnMut(&BorrowedMessage<'_>),
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let marks = watermarks(consumer.clone(), topic).await?;
+    let marks = OffsetReader::new(&config.kafka)?.watermarks(topic).await?;
     let ends: BTreeMap<i32, i64> = marks.iter().map(|(&p, &(_, high))| (p, high)).collect();
     // Per partition, the next offset still to read.
     let mut next: BTreeMap<i32, i64> = marks
@@ -122,6 +123,7 @@ pub async fn list(config: &Config, args: &DlqListArgs) -> anyhow::Result<()> {
     let consumer = reader(config, &format!("{}.dlq-list", config.consumer_group))?;
     let mut letters = Vec::new();
     read_to_end(
+        config,
         &consumer,
         &topic,
         |_| None,
@@ -184,9 +186,10 @@ pub async fn redrive(config: &Config, args: &DlqRedriveArgs) -> anyhow::Result<(
         // ever be redriven by its reason's group, once, whatever filters are used.
         let group = format!("{}.redrive.{}", config.consumer_group, reason.as_str());
         let consumer = reader(config, &group)?;
-        let committed = committed_offsets(&consumer, &dlq_topic).await?;
+        let committed = committed_offsets(config, &consumer, &dlq_topic).await?;
         let mut selected = Vec::new();
         let ends = read_to_end(
+            config,
             &consumer,
             &dlq_topic,
             |partition| committed.get(&partition).copied(),
@@ -238,10 +241,11 @@ pub async fn redrive(config: &Config, args: &DlqRedriveArgs) -> anyhow::Result<(
 }
 
 async fn committed_offsets(
+    config: &Config,
     consumer: &Arc<StreamConsumer>,
     topic: &str,
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let marks = watermarks(consumer.clone(), topic).await?;
+    let marks = OffsetReader::new(&config.kafka)?.watermarks(topic).await?;
     let mut list = TopicPartitionList::new();
     for &partition in marks.keys() {
         list.add_partition(topic, partition);

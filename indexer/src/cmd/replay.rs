@@ -41,7 +41,7 @@ use tokio::sync::watch;
 use crate::batch::BatchLimits;
 use crate::bulk::BulkWriter;
 use crate::config::{Config, ReplayArgs};
-use crate::consume::{next_batch, watermarks};
+use crate::consume::{OffsetReader, next_batch};
 use crate::decode::DeadLetterReason;
 use crate::metrics::Metrics;
 use crate::process::{Host, Interrupted, Processor};
@@ -85,7 +85,8 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
             .context("creating the replay consumer")?,
     );
     let previous = indexes_behind(&client, &alias).await?;
-    let start_marks = watermarks(consumer.clone(), &topic).await?;
+    let offsets = OffsetReader::new(&config.kafka)?;
+    let start_marks = offsets.watermarks(&topic).await?;
     let index = format!("{alias}-{}", chrono::Utc::now().format("%Y%m%dt%H%M%S%3f"));
     let total: i64 = start_marks.values().map(|(low, high)| high - low).sum();
 
@@ -122,6 +123,7 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut replay = Replay {
         consumer: consumer.clone(),
+        offsets: offsets.clone(),
         processor: Processor {
             codec: crate::codec(config)?,
             bulk: BulkWriter::new(client.clone(), index.clone()),
@@ -169,13 +171,20 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         );
     }
 
+    tracing::debug!(events = replay.events, "start end offsets reached");
     let swapped = async {
         replay.catch_up(&topic).await?;
+        tracing::debug!(
+            events = replay.events,
+            "caught up, blocking writes to the old index"
+        );
         set_write_block(&client, &previous, true).await?;
-        let frozen = watermarks(consumer.clone(), &topic).await?;
-        replay
-            .read_until(&frozen.iter().map(|(&p, &(_, high))| (p, high)).collect())
-            .await?;
+        let frozen = offsets.end_offsets(&topic).await?;
+        replay.read_until(&frozen).await?;
+        tracing::debug!(
+            events = replay.events,
+            "old index frozen and read to its end"
+        );
         finish_loading(&client, &index).await?;
         swap_alias(&client, &alias, &previous, &index).await
     }
@@ -193,11 +202,7 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     unblocked?;
     tracing::info!(%alias, %index, "alias swapped");
 
-    let after_swap = watermarks(consumer.clone(), &topic).await?;
-    let second_ends: BTreeMap<i32, i64> = after_swap
-        .iter()
-        .map(|(&p, &(_, high))| (p, high))
-        .collect();
+    let second_ends = offsets.end_offsets(&topic).await?;
     let more: i64 = second_ends
         .iter()
         .map(|(p, end)| (end - first_ends.get(p).copied().unwrap_or(0)).max(0))
@@ -277,6 +282,7 @@ fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {
 
 struct Replay {
     consumer: Arc<StreamConsumer>,
+    offsets: OffsetReader,
     processor: Processor,
     limits: BatchLimits,
     host: ReplayHost,
@@ -298,11 +304,7 @@ impl Replay {
     /// Reads to fresh end offsets until the gap to the live end is small.
     async fn catch_up(&mut self, topic: &str) -> anyhow::Result<()> {
         for _ in 0..CATCH_UP_ROUNDS {
-            let ends: BTreeMap<i32, i64> = watermarks(self.consumer.clone(), topic)
-                .await?
-                .into_iter()
-                .map(|(p, (_, high))| (p, high))
-                .collect();
+            let ends = self.offsets.end_offsets(topic).await?;
             let left: i64 = ends
                 .iter()
                 .map(|(p, end)| (end - self.next.get(p).copied().unwrap_or(0)).max(0))

@@ -450,3 +450,37 @@ async fn a_delete_hides_the_city_and_a_later_update_restores_it() {
     kafka.produce_update(&names.topic, "Lyon", 530_000).await;
     assert_eq!(get(200).await["population"], 530_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_creates_the_topics_the_template_and_the_alias_then_exits() {
+    let stack = Stack::from_env();
+    let names = Names::unique("setup");
+    let kafka = Kafka::connect(&stack.kafka);
+    let output =
+        citypop_tests::run_indexer_command(&stack, &names, &["setup"], &[], CATCH_UP).await;
+    assert!(output.contains("set up"), "{output}");
+    assert_eq!(
+        kafka.end_offsets(&names.topic).len(),
+        12,
+        "the main topic has 12 partitions"
+    );
+    assert_eq!(kafka.end_offsets(&format!("{}.dlq", names.topic)).len(), 1);
+    assert_eq!(
+        citypop_tests::engine::indexes_behind(&stack.elasticsearch, &names.alias).await,
+        [format!("{}-initial", names.alias)]
+    );
+    let template: Value = reqwest::get(format!(
+        "{}/_index_template/{}",
+        stack.elasticsearch, names.alias
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let mapping = &template["index_templates"][0]["index_template"]["template"]["mappings"];
+    assert_eq!(mapping["dynamic"], "strict", "{template}");
+    assert_eq!(mapping["properties"]["population"]["type"], "long");
+    // Setting up twice is harmless.
+    citypop_tests::run_indexer_command(&stack, &names, &["setup"], &[], CATCH_UP).await;
+}
