@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 STACK := deploy/local/stack.sh
 
-.PHONY: help run test lint build stack-up stack-down stack-status
+.PHONY: help run test lint lint-deploy build stack-up stack-down stack-status
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -19,6 +19,9 @@ test: ## Lint, unit tests, and end-to-end tests against the real services (start
 lint: ## cargo fmt --check and clippy with warnings as errors
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+lint-deploy: ## Validate Dockerfile, docker-compose.yml, Helm chart, examples and dashboard (no Docker or cluster needed)
+	@deploy/lint.sh
 
 build: ## Build the service binaries
 	cargo build --workspace --bins --locked

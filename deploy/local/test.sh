@@ -18,6 +18,7 @@ cleanup() {
 trap cleanup EXIT
 
 make --no-print-directory lint
+make --no-print-directory lint-deploy
 echo "==> unit tests"
 cargo test --workspace --locked --lib --bins
 echo "==> building the services for the end-to-end tests"

