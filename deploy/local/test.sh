@@ -10,17 +10,20 @@ stack=deploy/local/stack.sh
 
 engines=${CITYPOP_ENGINE:-"elasticsearch opensearch"}
 started=""
+# Every runner's summary lines, for the total printed at the end.
+results=$(mktemp)
 cleanup() {
   if [[ -n "$started" ]]; then
     CITYPOP_ENGINE="$started" "$stack" down || true
   fi
+  rm -f "$results"
 }
 trap cleanup EXIT
 
 make --no-print-directory lint
-make --no-print-directory lint-deploy
+make --no-print-directory lint-deploy | tee -a "$results"
 echo "==> unit tests"
-cargo test --workspace --locked --lib --bins
+cargo test --workspace --locked --lib --bins 2>&1 | tee -a "$results"
 echo "==> building the services for the end-to-end tests"
 cargo build --workspace --bins --locked
 cargo test -p citypop-tests --locked --no-run
@@ -36,9 +39,16 @@ for engine in $engines; do
   export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:${CITYPOP_KAFKA_PORT:-9092}"
   export ELASTICSEARCH_URL="http://127.0.0.1:${CITYPOP_ENGINE_PORT:-9200}"
   echo "==> end-to-end tests against Kafka at $KAFKA_BOOTSTRAP_SERVERS and $engine at $ELASTICSEARCH_URL"
-  cargo test -p citypop-tests --locked -- --test-threads="${CITYPOP_TEST_THREADS:-4}"
+  cargo test -p citypop-tests --locked --test e2e -- --test-threads="${CITYPOP_TEST_THREADS:-4}" 2>&1 | tee -a "$results"
   if [[ -n "$started" ]]; then
     "$stack" down
     started=""
   fi
 done
+
+# One closing line over every runner: cargo's "N passed; M failed" and pytest's.
+awk '
+  /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+  /^[0-9]+ passed/ { p += $1; if (match($0, /[0-9]+ failed/)) f += substr($0, RSTART, RLENGTH) + 0 }
+  END { printf "tests: %d passed, %d failed\n", p, f }
+' "$results"
