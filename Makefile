@@ -16,6 +16,9 @@ run: ## Start Kafka, the engine, producer-api and indexer; Ctrl-C stops them all
 test: ## Lint, unit tests, and end-to-end tests against the real services (starts and stops the stack)
 	@deploy/local/test.sh
 
+bench: ## Benchmarks against the engine's ceilings (BENCH_ARGS="--events 100000 ..."); results in bench/results/
+	@deploy/local/bench.sh
+
 lint: ## cargo fmt --check and clippy with warnings as errors
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -117,6 +117,11 @@ impl Service {
         let _ = self.child.wait();
     }
 
+    /// The process id, to read its memory use from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything the service logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
@@ -204,12 +209,18 @@ pub fn binary_path(name: &str) -> PathBuf {
 }
 
 fn binary(name: &str) -> PathBuf {
-    // Test executables live in target/<profile>/deps; the services beside it.
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .expect("target directory");
+    // `CITYPOP_BIN_DIR` picks the build (the benchmark runs release binaries).
+    // Otherwise: test executables live in target/<profile>/deps, the services beside it.
+    let dir = match std::env::var_os("CITYPOP_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("test executable path");
+            exe.parent()
+                .and_then(|p| p.parent())
+                .expect("target directory")
+                .to_path_buf()
+        }
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),

@@ -1,0 +1,153 @@
+//! Load through producer-api: writes, reads, and freshness (202 to visible).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::{Value, json};
+
+use crate::load::{LoadResult, closed_loop, percentile_ms};
+use crate::preload::city_name;
+
+/// `POST /city` from `concurrency` workers; only a 202 counts.
+pub async fn post(
+    base_url: &str,
+    cities: usize,
+    concurrency: usize,
+    duration: Duration,
+) -> LoadResult {
+    let http = reqwest::Client::new();
+    let url = Arc::new(format!("{base_url}/city"));
+    closed_loop(concurrency, duration, move |n| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let name = city_name(rand::rng().random_range(0..cities));
+            let response = http
+                .post(url.as_str())
+                .json(&json!({"name": name, "population": n as i64}))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if response.status() == 202 {
+                Ok(())
+            } else {
+                Err(response.status().to_string())
+            }
+        }
+    })
+    .await
+}
+
+/// `GET /city/{name}` of existing cities from `concurrency` workers.
+pub async fn get(
+    base_url: &str,
+    cities: usize,
+    concurrency: usize,
+    duration: Duration,
+) -> LoadResult {
+    let http = reqwest::Client::new();
+    let base = Arc::new(base_url.to_owned());
+    closed_loop(concurrency, duration, move |_| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let key = city_name(rand::rng().random_range(0..cities)).to_lowercase();
+            let response = http
+                .get(format!("{base}/city/{key}"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if !response.status().is_success() {
+                return Err(response.status().to_string());
+            }
+            response
+                .bytes()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Freshness {
+    pub rate_per_second: f64,
+    pub samples: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub missed: usize,
+}
+
+/// How often a sampled write is looked for until it shows.
+const FRESHNESS_POLL: Duration = Duration::from_millis(5);
+/// A write not visible after this long counts as missed.
+const FRESHNESS_LIMIT: Duration = Duration::from_secs(10);
+/// One write in this many is followed until visible; following all would itself be
+/// a read load many times the write load.
+const SAMPLE_EVERY: u64 = 10;
+
+/// Writes at a fixed `rate` for `duration`; for a sample of them, the time from the
+/// 202 until `GET /city/{name}` shows the written version.
+pub async fn freshness(base_url: &str, cities: usize, rate: f64, duration: Duration) -> Freshness {
+    let http = reqwest::Client::new();
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1.0)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = Instant::now();
+    let mut followers = Vec::new();
+    let mut n: u64 = 0;
+    while started.elapsed() < duration {
+        ticker.tick().await;
+        n += 1;
+        let (http, base) = (http.clone(), base_url.to_owned());
+        let sampled = n.is_multiple_of(SAMPLE_EVERY);
+        followers.push(tokio::spawn(async move {
+            // Sampled writes use cities of their own, so no other write moves them on.
+            let name = if sampled {
+                format!("Fresh City {n}")
+            } else {
+                city_name(rand::rng().random_range(0..cities))
+            };
+            let response = http
+                .post(format!("{base}/city"))
+                .json(&json!({"name": name, "population": n as i64}))
+                .send()
+                .await
+                .ok()?;
+            if response.status() != 202 || !sampled {
+                return None;
+            }
+            let accepted_at = Instant::now();
+            let body: Value = response.json().await.ok()?;
+            let (key, offset) = (body["key"].as_str()?.to_owned(), body["offset"].as_i64()?);
+            while accepted_at.elapsed() < FRESHNESS_LIMIT {
+                if let Ok(response) = http.get(format!("{base}/city/{key}")).send().await
+                    && response.status() == 200
+                    && let Ok(doc) = response.json::<Value>().await
+                    && doc["version"].as_i64().is_some_and(|v| v >= offset)
+                {
+                    return Some(Some(accepted_at.elapsed()));
+                }
+                tokio::time::sleep(FRESHNESS_POLL).await;
+            }
+            Some(None)
+        }));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let mut latencies = Vec::new();
+    let mut missed = 0;
+    for follower in followers {
+        match follower.await.ok().flatten() {
+            Some(Some(latency)) => latencies.push(latency),
+            Some(None) => missed += 1,
+            None => {}
+        }
+    }
+    latencies.sort_unstable();
+    Freshness {
+        rate_per_second: n as f64 / seconds,
+        samples: latencies.len(),
+        p50_ms: percentile_ms(&latencies, 0.50),
+        p99_ms: percentile_ms(&latencies, 0.99),
+        missed,
+    }
+}
