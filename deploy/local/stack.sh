@@ -24,6 +24,12 @@ HOST=127.0.0.1   # loopback only: never reachable from another machine
 ENGINE=${CITYPOP_ENGINE:-elasticsearch}
 KAFKA_PORT=${CITYPOP_KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${CITYPOP_KAFKA_CONTROLLER_PORT:-9093}
+# A second client listener, SASL_PLAINTEXT with the PLAIN mechanism, for the tests of
+# Kafka authentication; its one user is defined in server.properties. Loopback only,
+# so the password below guards nothing but test data.
+KAFKA_SASL_PORT=${CITYPOP_KAFKA_SASL_PORT:-9094}
+KAFKA_SASL_USER=citypop
+KAFKA_SASL_PASSWORD=citypop-secret
 ENGINE_PORT=${CITYPOP_ENGINE_PORT:-9200}
 STACK_DIR=${CITYPOP_STACK_DIR:-$REPO_ROOT/.stack}
 KAFKA_HEAP=${CITYPOP_KAFKA_HEAP:-512m}
@@ -50,7 +56,8 @@ as local JVM processes on 127.0.0.1, from Maven Central artifacts. No Docker.
 
 Commands:
   up              start what is not running, wait until ready, print endpoints
-                  (stdout: KAFKA_BOOTSTRAP_SERVERS=... and ELASTICSEARCH_URL=...)
+                  (stdout: KAFKA_BOOTSTRAP_SERVERS=..., KAFKA_SASL_BOOTSTRAP_SERVERS=...
+                  and ELASTICSEARCH_URL=...)
   down [--purge]  stop the stack's own processes (by pid file); --purge also
                   deletes all data and logs (keeps the downloaded jars)
   status          show each component; exit 0 only if Kafka and the engine are ready
@@ -68,6 +75,8 @@ Settings (environment variables, with defaults):
   CITYPOP_ENGINE=elasticsearch        or opensearch
   CITYPOP_KAFKA_PORT=9092             Kafka client listener (PLAINTEXT)
   CITYPOP_KAFKA_CONTROLLER_PORT=9093  KRaft controller listener
+  CITYPOP_KAFKA_SASL_PORT=9094        Kafka client listener (SASL_PLAINTEXT, mechanism
+                                      PLAIN, user citypop, password citypop-secret)
   CITYPOP_ENGINE_PORT=9200            engine HTTP port (at most 9299: runner limit)
   CITYPOP_STACK_DIR=<repo>/.stack     data, logs, pid files, jars
   CITYPOP_KAFKA_HEAP=512m             Kafka JVM heap (-Xms/-Xmx)
@@ -79,7 +88,7 @@ Settings (environment variables, with defaults):
 
 Requirements: java 17+, mvn, curl. The first 'up' downloads ~150 MB of jars
 into ~/.m2 and copies them under the stack dir; later runs reuse them.
-Example: eval "\$(deploy/local/stack.sh up)"; export KAFKA_BOOTSTRAP_SERVERS ELASTICSEARCH_URL
+Example: eval "\$(deploy/local/stack.sh up)"; export KAFKA_BOOTSTRAP_SERVERS KAFKA_SASL_BOOTSTRAP_SERVERS ELASTICSEARCH_URL
 EOF
 }
 
@@ -202,10 +211,12 @@ require_tools() {
 check_settings() {
   is_engine "$ENGINE" || die "CITYPOP_ENGINE must be elasticsearch or opensearch, not '$ENGINE'"
   local p
-  for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$ENGINE_PORT"; do
+  for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SASL_PORT" "$ENGINE_PORT"; do
     case "$p" in ''|*[!0-9]*) die "ports must be numbers, got '$p'" ;; esac
   done
-  [ "$KAFKA_PORT" != "$KAFKA_CONTROLLER_PORT" ] || die "CITYPOP_KAFKA_PORT and CITYPOP_KAFKA_CONTROLLER_PORT must differ"
+  if [ "$(printf '%s\n' "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SASL_PORT" | sort -u | wc -l)" -ne 3 ]; then
+    die "CITYPOP_KAFKA_PORT, CITYPOP_KAFKA_CONTROLLER_PORT and CITYPOP_KAFKA_SASL_PORT must differ"
+  fi
   # The runners derive http.port from -baseHttpPort and refuse anything above
   # their hard-coded maximum of 9299 (and a setting in the .yml cannot override it).
   if [ "$ENGINE_PORT" -lt 1024 ] || [ "$ENGINE_PORT" -gt 9299 ]; then
@@ -321,8 +332,8 @@ launch() {
 write_running_conf() { printf '%s\n' "$2" >"$(conf_file "$1")"; }
 running_conf() { cat "$(conf_file "$1")" 2>/dev/null || true; }
 
-kafka_conf() { printf 'port=%s controller_port=%s heap=%s auto_create=%s' \
-  "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_HEAP" "$KAFKA_AUTO_CREATE_TOPICS"; }
+kafka_conf() { printf 'port=%s controller_port=%s sasl_port=%s heap=%s auto_create=%s' \
+  "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SASL_PORT" "$KAFKA_HEAP" "$KAFKA_AUTO_CREATE_TOPICS"; }
 engine_conf() { printf 'port=%s heap=%s' "$ENGINE_PORT" "$ENGINE_HEAP"; }
 conf_value() { printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 
@@ -354,12 +365,17 @@ write_kafka_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$HOST:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT
+listeners=PLAINTEXT://$HOST:$KAFKA_PORT,SASL_PLAINTEXT://$HOST:$KAFKA_SASL_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT,SASL_PLAINTEXT://$HOST:$KAFKA_SASL_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
 log.dirs=$dir/data
+
+# The SASL_PLAINTEXT listener (tests of Kafka authentication): PLAIN only, with its
+# users inline (user_<name>="<password>"). The broker itself talks PLAINTEXT.
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_SASL_USER="$KAFKA_SASL_PASSWORD";
 
 # One broker: every internal topic must live with replication factor 1, or the
 # consumer-group, transaction and share coordinators never become available.
@@ -409,7 +425,7 @@ start_kafka() {
   mkdir -p "$dir/data" "$dir/logs"
   write_kafka_config
   format_kafka_storage
-  say "starting Kafka on $HOST:$KAFKA_PORT (controller $HOST:$KAFKA_CONTROLLER_PORT, heap $KAFKA_HEAP)"
+  say "starting Kafka on $HOST:$KAFKA_PORT (SASL $HOST:$KAFKA_SASL_PORT, controller $HOST:$KAFKA_CONTROLLER_PORT, heap $KAFKA_HEAP)"
   local opts=() line
   while IFS= read -r line; do opts+=("$line"); done < <(kafka_jvm_opts)
   launch kafka "$dir" "$JAVA" "${opts[@]}" "$(marker kafka)" \
@@ -570,10 +586,14 @@ wait_engine() {
 }
 
 print_endpoints() {
-  local kport eport
+  local kport sport eport
   kport=$(conf_value "$(running_conf kafka)" port)
+  sport=$(conf_value "$(running_conf kafka)" sasl_port)
   eport=$(conf_value "$(running_conf "$ENGINE")" port)
   echo "KAFKA_BOOTSTRAP_SERVERS=$HOST:${kport:-$KAFKA_PORT}"
+  # A Kafka started before the SASL listener existed has none: say nothing rather
+  # than hand out a port nobody listens on.
+  if [ -n "$sport" ]; then echo "KAFKA_SASL_BOOTSTRAP_SERVERS=$HOST:$sport"; fi
   echo "ELASTICSEARCH_URL=http://$HOST:${eport:-$ENGINE_PORT}"
 }
 
@@ -600,9 +620,9 @@ without_heap() { printf '%s\n' "$1" | tr ' ' '\n' | grep -v '^heap=' | tr '\n' '
 check_ports_free() {
   local kpid=$1 epid=$2 p
   if [ -z "$kpid" ]; then
-    for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+    for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SASL_PORT"; do
       if port_open "$p"; then
-        die "port $p on $HOST is already in use by another process; stop it or set CITYPOP_KAFKA_PORT / CITYPOP_KAFKA_CONTROLLER_PORT"
+        die "port $p on $HOST is already in use by another process; stop it or set CITYPOP_KAFKA_PORT / CITYPOP_KAFKA_CONTROLLER_PORT / CITYPOP_KAFKA_SASL_PORT"
       fi
     done
   fi

@@ -37,6 +37,8 @@ for engine in $engines; do
     started="$engine"
   fi
   export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:${CITYPOP_KAFKA_PORT:-9092}"
+  # The stack's second listener, SASL_PLAINTEXT with PLAIN: the tests of Kafka auth.
+  export KAFKA_SASL_BOOTSTRAP_SERVERS="127.0.0.1:${CITYPOP_KAFKA_SASL_PORT:-9094}"
   export ELASTICSEARCH_URL="http://127.0.0.1:${CITYPOP_ENGINE_PORT:-9200}"
   echo "==> end-to-end tests against Kafka at $KAFKA_BOOTSTRAP_SERVERS and $engine at $ELASTICSEARCH_URL"
   cargo test -p citypop-tests --locked --test e2e -- --test-threads="${CITYPOP_TEST_THREADS:-4}" 2>&1 | tee -a "$results"

@@ -253,11 +253,15 @@ mod tests {
         let kafka = KafkaArgs {
             kafka_bootstrap_servers: "127.0.0.1:1".into(),
             topic: "unit-test".into(),
+            security: Default::default(),
         };
         let engine = EngineArgs {
             elasticsearch_url: "http://127.0.0.1:1".parse().unwrap(),
             index_alias: "unit-test".into(),
             elasticsearch_timeout: Duration::from_millis(200),
+            elasticsearch_username: None,
+            elasticsearch_password: None,
+            elasticsearch_ca_file: None,
         };
         Arc::new(AppState {
             publisher: Publisher::new(&kafka, Duration::from_millis(100), 10, metrics.clone())

@@ -7,3 +7,4 @@ mod dlq;
 mod indexer;
 mod pipeline;
 mod replay;
+mod security;
