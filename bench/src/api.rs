@@ -78,13 +78,14 @@ pub struct Freshness {
     pub missed: usize,
 }
 
-/// How often a sampled write is looked for until it shows.
-const FRESHNESS_POLL: Duration = Duration::from_millis(5);
+/// How often a sampled write is looked for until it shows: the resolution of the
+/// measure.
+const FRESHNESS_POLL: Duration = Duration::from_millis(10);
 /// A write not visible after this long counts as missed.
 const FRESHNESS_LIMIT: Duration = Duration::from_secs(10);
-/// One write in this many is followed until visible; following all would itself be
-/// a read load many times the write load.
-const SAMPLE_EVERY: u64 = 10;
+/// One write in this many is followed until visible. Following every write would add
+/// a read load many times the write load, and measure that load instead.
+const SAMPLE_EVERY: u64 = 50;
 
 /// Writes at a fixed `rate` for `duration`; for a sample of them, the time from the
 /// 202 until `GET /city/{name}` shows the written version.
