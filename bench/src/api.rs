@@ -16,7 +16,7 @@ pub async fn post(
     concurrency: usize,
     duration: Duration,
 ) -> LoadResult {
-    let http = reqwest::Client::new();
+    let http = crate::client();
     let url = Arc::new(format!("{base_url}/city"));
     closed_loop(concurrency, duration, move |n| {
         let (http, url) = (http.clone(), url.clone());
@@ -45,7 +45,7 @@ pub async fn get(
     concurrency: usize,
     duration: Duration,
 ) -> LoadResult {
-    let http = reqwest::Client::new();
+    let http = crate::client();
     let base = Arc::new(base_url.to_owned());
     closed_loop(concurrency, duration, move |_| {
         let (http, base) = (http.clone(), base.clone());
@@ -90,7 +90,7 @@ const SAMPLE_EVERY: u64 = 50;
 /// Writes at a fixed `rate` for `duration`; for a sample of them, the time from the
 /// 202 until `GET /city/{name}` shows the written version.
 pub async fn freshness(base_url: &str, cities: usize, rate: f64, duration: Duration) -> Freshness {
-    let http = reqwest::Client::new();
+    let http = crate::client();
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1.0)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started = Instant::now();

@@ -85,7 +85,7 @@ pub async fn direct_put(
     concurrency: usize,
     duration: Duration,
 ) -> LoadResult {
-    let http = reqwest::Client::new();
+    let http = crate::client();
     let engine = Arc::new(engine.to_owned());
     let index = Arc::new(index.to_owned());
     closed_loop(concurrency, duration, move |n| {
@@ -115,7 +115,7 @@ pub async fn direct_get(
     concurrency: usize,
     duration: Duration,
 ) -> LoadResult {
-    let http = reqwest::Client::new();
+    let http = crate::client();
     let engine = Arc::new(engine.to_owned());
     let alias = Arc::new(alias.to_owned());
     closed_loop(concurrency, duration, move |_| {

@@ -73,6 +73,11 @@ pub struct Config {
     #[arg(long, env = "CITYPOP_BATCH_LINGER", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub batch_linger: Duration,
 
+    /// Bulk requests in flight at once. Two keep the engine busy while the next
+    /// batch is decoded; versions keep concurrent writes of one city in order.
+    #[arg(long, env = "CITYPOP_BULK_CONCURRENCY", default_value_t = 2)]
+    pub bulk_concurrency: usize,
+
     /// First delay before retrying a failed bulk request.
     #[arg(long, env = "CITYPOP_RETRY_MIN_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub retry_min_delay: Duration,

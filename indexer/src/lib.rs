@@ -125,6 +125,7 @@ pub async fn run(
             max_bytes: config.batch_max_bytes,
             linger: config.batch_linger,
         },
+        concurrency: config.bulk_concurrency,
         health,
         metrics,
         carried: Mutex::new(Vec::new()),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::OwnedMessage;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::batch::{Batch, BatchLimits};
 use crate::commit::next_offsets;
@@ -22,6 +22,9 @@ use crate::process::{Host, Interrupted, Processor};
 
 /// How often the recreated-topic guard runs between batches (and while it refuses).
 const GUARD_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How soon the guard looks again when it could not tell.
+const GUARD_RETRY: Duration = Duration::from_secs(1);
 
 /// The two steps of a graceful stop.
 #[derive(Clone)]
@@ -38,6 +41,8 @@ pub struct Pipeline {
     pub dead_letters: DeadLetters,
     pub guard: TopicGuard,
     pub limits: BatchLimits,
+    /// Batches written at once.
+    pub concurrency: usize,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     /// Messages that arrived while a batch was being retried; they open the next one.
@@ -56,32 +61,51 @@ impl Pipeline {
     /// Runs until `signals.stop` turns true: the batch in flight is finished, stored
     /// offsets are committed, and it returns.
     pub async fn run(&self, signals: Signals) -> anyhow::Result<()> {
-        let mut stop = signals.stop.clone();
-        let mut next_guard_check = Instant::now();
         let host = LiveBatch {
             pipeline: self,
             abort: signals.abort.clone(),
         };
-        let outcome = loop {
-            if Instant::now() >= next_guard_check {
-                if !self.wait_until_topic_matches(&mut stop).await {
-                    break Ok(());
+        // One batch is gathered while up to `concurrency` are written: a bounded
+        // channel joins the two, so fetching waits when writing falls behind.
+        let (to_process, mut batches) = mpsc::channel(1);
+        let mut stop = signals.stop.clone();
+        let fetch = async move {
+            let mut next_guard_check = Instant::now();
+            loop {
+                if Instant::now() >= next_guard_check {
+                    if !self.wait_until_topic_matches(&mut stop).await {
+                        return;
+                    }
+                    next_guard_check = Instant::now() + GUARD_INTERVAL;
                 }
-                next_guard_check = Instant::now() + GUARD_INTERVAL;
-            }
-            let carried = std::mem::take(&mut *self.lock_carried());
-            let Some(batch) = next_batch(&self.consumer, &self.limits, carried, &mut stop).await
-            else {
-                break Ok(());
-            };
-            match self.processor.process(&batch, &host).await {
-                Ok(()) => self.store_offsets(&batch),
-                Err(Interrupted::Aborted) => break Ok(()),
-                Err(error @ Interrupted::RetriesExhausted(_)) => break Err(error.into()),
+                let carried = std::mem::take(&mut *self.lock_carried());
+                let Some(batch) =
+                    next_batch(&self.consumer, &self.limits, carried, &mut stop).await
+                else {
+                    return;
+                };
+                if to_process.send(batch).await.is_err() {
+                    return;
+                }
             }
         };
+        let process =
+            self.processor
+                .process_in_order(&host, self.concurrency, &mut batches, |batch| {
+                    self.store_offsets(batch)
+                });
+        tokio::pin!(fetch, process);
+        // When fetching ends (stop), the batches already gathered are still written;
+        // when writing ends first (an error), fetching is dropped with it.
+        let outcome = tokio::select! {
+            result = &mut process => result,
+            () = &mut fetch => process.await,
+        };
         self.commit();
-        outcome
+        match outcome {
+            Ok(()) | Err(Interrupted::Aborted) => Ok(()),
+            Err(error @ Interrupted::RetriesExhausted(_)) => Err(error.into()),
+        }
     }
 
     /// Runs the recreated-topic guard; while it finds a mismatch, refuses to write
@@ -99,11 +123,18 @@ impl Pipeline {
                     self.metrics.topic_recreated.set(1);
                     self.health.topic_matches(false);
                 }
-                // The engine or Kafka being down is the retry loop's business; the
-                // guard runs again at its next interval.
+                // Not knowing is not a pass: consuming now could send every write of a
+                // recreated topic into the index unseen. Metadata answers errors for a
+                // moment after a topic is created, so look again soon.
                 Err(error) => {
-                    tracing::warn!(error = format!("{error:#}"), "recreated-topic check failed");
-                    return true;
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "recreated-topic check failed, retrying"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(GUARD_RETRY) => continue,
+                        _ = stop.changed() => return false,
+                    }
                 }
             }
             tokio::select! {

@@ -5,6 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use tokio::sync::mpsc;
+
 use citypop_schemas::event::Codec;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
@@ -82,6 +86,39 @@ impl Processor {
             }
         }
         Ok(())
+    }
+
+    /// Processes the batches that arrive on `batches`, up to `concurrency` at once,
+    /// and hands each finished batch to `done` in arrival order, so offsets are
+    /// stored in order. Concurrent batches may hold the same city; its versions
+    /// decide, whichever bulk request lands first. Returns once `batches` is closed
+    /// and drained, or at the first batch that could not be finished.
+    pub(crate) async fn process_in_order(
+        &self,
+        host: &impl Host,
+        concurrency: usize,
+        batches: &mut mpsc::Receiver<Batch>,
+        mut done: impl FnMut(&Batch),
+    ) -> Result<(), Interrupted> {
+        let mut in_flight = FuturesOrdered::new();
+        let mut open = true;
+        loop {
+            tokio::select! {
+                biased;
+                Some((batch, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                    result?;
+                    done(&batch);
+                }
+                received = batches.recv(), if open && in_flight.len() < concurrency.max(1) => match received {
+                    Some(batch) => in_flight.push_back(async move {
+                        let result = self.process(&batch, host).await;
+                        (batch, result)
+                    }),
+                    None => open = false,
+                },
+                else => return Ok(()),
+            }
+        }
     }
 
     fn indexed(&self, result: &'static str, write: &Write) {

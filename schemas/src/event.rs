@@ -144,7 +144,10 @@ impl Codec {
             .get(&fingerprint)
             .ok_or(DecodeError::UnknownSchema(fingerprint))?;
         let mut body = &payload[HEADER_LEN..];
-        let value = apache_avro::from_avro_datum(writer, &mut body, Some(&self.reader))
+        // Resolution against the reader schema walks and rebuilds the whole value;
+        // a message written with the reader schema itself needs none of it.
+        let reader = (payload[2..HEADER_LEN] != self.header[2..]).then_some(&self.reader);
+        let value = apache_avro::from_avro_datum(writer, &mut body, reader)
             .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
         if !body.is_empty() {
             return Err(DecodeError::Corrupt(format!(

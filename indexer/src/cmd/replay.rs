@@ -36,7 +36,7 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::batch::BatchLimits;
 use crate::bulk::BulkWriter;
@@ -123,6 +123,7 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut replay = Replay {
         consumer: consumer.clone(),
+        concurrency: config.bulk_concurrency,
         offsets: offsets.clone(),
         processor: Processor {
             codec: crate::codec(config)?,
@@ -282,6 +283,7 @@ fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {
 
 struct Replay {
     consumer: Arc<StreamConsumer>,
+    concurrency: usize,
     offsets: OffsetReader,
     processor: Processor,
     limits: BatchLimits,
@@ -318,35 +320,65 @@ impl Replay {
         Ok(())
     }
 
+    /// Reads every partition up to `ends`, writing up to `concurrency` batches at
+    /// once while the next one is gathered.
     async fn read_until(&mut self, ends: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
-        while ends
-            .iter()
-            .any(|(p, end)| self.next.get(p).copied().unwrap_or(0) < *end)
-        {
-            let batch = tokio::time::timeout(
-                READ_TIMEOUT,
-                next_batch(&self.consumer, &self.limits, Vec::new(), &mut self.stop),
-            )
-            .await
-            .with_context(|| {
-                format!("no message within {READ_TIMEOUT:?} before the end offsets")
-            })?;
-            let Some(batch) = batch else {
-                bail!("interrupted");
-            };
-            match self.processor.process(&batch, &self.host).await {
-                Ok(()) => {}
-                Err(Interrupted::Aborted) => bail!("interrupted"),
-                Err(error) => return Err(error.into()),
+        let (to_process, mut batches) = mpsc::channel(1);
+        let (consumer, limits, stop, next) =
+            (&self.consumer, &self.limits, &mut self.stop, &mut self.next);
+        let fetch = async move {
+            while ends
+                .iter()
+                .any(|(p, end)| next.get(p).copied().unwrap_or(0) < *end)
+            {
+                let batch = tokio::time::timeout(
+                    READ_TIMEOUT,
+                    next_batch(consumer, limits, Vec::new(), stop),
+                )
+                .await
+                .with_context(|| {
+                    format!("no message within {READ_TIMEOUT:?} before the end offsets")
+                })?;
+                let Some(batch) = batch else {
+                    bail!("interrupted");
+                };
+                for message in &batch.messages {
+                    let next = next.entry(message.partition()).or_insert(0);
+                    *next = (*next).max(message.offset() + 1);
+                }
+                if to_process.send(batch).await.is_err() {
+                    break;
+                }
             }
-            for message in &batch.messages {
-                let next = self.next.entry(message.partition()).or_insert(0);
-                *next = (*next).max(message.offset() + 1);
+            Ok(())
+        };
+        let (events, progress) = (&mut self.events, &mut self.progress);
+        let process =
+            self.processor
+                .process_in_order(&self.host, self.concurrency, &mut batches, |batch| {
+                    *events += batch.len() as u64;
+                    progress.advance(batch.len() as u64);
+                });
+        tokio::pin!(fetch, process);
+        let processed = tokio::select! {
+            processed = &mut process => {
+                // Writing ended cleanly only because fetching ended: take its result
+                // (an interruption or a read timeout) too.
+                if processed.is_ok() {
+                    fetch.await?;
+                }
+                processed
             }
-            self.events += batch.len() as u64;
-            self.progress.advance(batch.len() as u64);
+            fetched = &mut fetch => {
+                fetched?;
+                process.await
+            }
+        };
+        match processed {
+            Ok(()) => Ok(()),
+            Err(Interrupted::Aborted) => bail!("interrupted"),
+            Err(error) => Err(error.into()),
         }
-        Ok(())
     }
 }
 
