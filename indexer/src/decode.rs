@@ -74,21 +74,13 @@ fn try_decode(codec: &Codec, message: &OwnedMessage) -> Result<Write, (DeadLette
         .key()
         .ok_or_else(|| decode_error("message has no key".into()))?;
     let key = std::str::from_utf8(key).map_err(|_| decode_error("key is not utf-8".into()))?;
-    // The key is the document id; one that is not already a normalised city key
-    // would create a second document for the same city.
-    match CityKey::parse(key) {
-        Ok(parsed) if parsed.as_str() == key => {}
-        Ok(parsed) => {
-            return Err(decode_error(format!(
-                "key {key:?} is not normalised (expected {:?})",
-                parsed.as_str()
-            )));
-        }
-        Err(e) => return Err(decode_error(format!("key {key:?} is not a city key: {e}"))),
-    }
     let (partition, offset) = (message.partition(), message.offset());
 
     let Some(payload) = message.payload() else {
+        // The key is the document id; one that is not already a normalised city key
+        // would create a second document for the same city. (An event's key is
+        // checked through its city below.)
+        check_key(key)?;
         let event_id = header_text(message, event::HEADER_EVENT_ID);
         let occurred_at = header_text(message, event::HEADER_OCCURRED_AT)
             .and_then(|t| t.parse().ok())
@@ -119,6 +111,23 @@ fn try_decode(codec: &Codec, message: &OwnedMessage) -> Result<Write, (DeadLette
         occurred_at_micros: event.occurred_at,
         document: CityDocument::from_event(key, &event, partition, offset),
     })
+}
+
+fn check_key(key: &str) -> Result<(), (DeadLetterReason, String)> {
+    match CityKey::parse(key) {
+        Ok(parsed) if parsed.as_str() == key => Ok(()),
+        Ok(parsed) => Err((
+            DeadLetterReason::Decode,
+            format!(
+                "key {key:?} is not normalised (expected {:?})",
+                parsed.as_str()
+            ),
+        )),
+        Err(e) => Err((
+            DeadLetterReason::Decode,
+            format!("key {key:?} is not a city key: {e}"),
+        )),
+    }
 }
 
 fn header_text(message: &OwnedMessage, name: &str) -> Option<String> {
