@@ -223,10 +223,7 @@ impl Host for LiveBatch<'_> {
     }
 
     async fn aborted(&self) {
-        let mut abort = self.abort.clone();
-        if !*abort.borrow() {
-            let _ = abort.changed().await;
-        }
+        crate::process::until_set(&self.abort).await;
     }
 
     /// Dead-letters one message, retrying until Kafka acknowledges: a poison message

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use citypop_schemas::event::Codec;
 use rdkafka::Message;
@@ -44,6 +44,15 @@ pub(crate) trait Host {
         reason: DeadLetterReason,
         error: &str,
     ) -> Result<(), Interrupted>;
+}
+
+/// Resolves once `signal` is true (at once if it already is).
+pub(crate) async fn until_set(signal: &watch::Receiver<bool>) {
+    let mut signal = signal.clone();
+    // An error means the sender is gone: the signal can no longer be set.
+    if signal.wait_for(|set| *set).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 pub struct Processor {

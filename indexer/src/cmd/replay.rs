@@ -404,10 +404,7 @@ impl Host for ReplayHost {
     }
 
     async fn aborted(&self) {
-        let mut abort = self.abort.clone();
-        if !*abort.borrow() {
-            let _ = abort.changed().await;
-        }
+        crate::process::until_set(&self.abort).await;
     }
 
     async fn poison(
