@@ -10,6 +10,8 @@ started_stack=""
 pids=()
 cleanup() {
   trap - INT TERM EXIT
+  # Ctrl-C may also have ended whatever reads our output; stopping must go on.
+  trap '' PIPE
   echo
   echo "==> stopping"
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
