@@ -160,7 +160,7 @@ impl OffsetReader {
 }
 
 /// Waits for a first message, then gathers more until the batch is full or the
-/// first one has waited `linger`. Messages carried over from a paused retry come
+/// first one has waited `linger`. Messages carried over from a paused wait come
 /// first. `None` once `stop` turned true.
 pub async fn next_batch<C: ConsumerContext + 'static>(
     consumer: &StreamConsumer<C>,

@@ -34,7 +34,7 @@ pub mod process;
 pub mod retry;
 pub mod setup;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 use citypop_schemas::event::Codec;
@@ -128,7 +128,7 @@ pub async fn run(
         concurrency: config.bulk_concurrency,
         health,
         metrics,
-        carried: Mutex::new(Vec::new()),
+        paused: watch::channel(false).0,
     };
     tracing::info!(
         topic = %config.kafka.topic,

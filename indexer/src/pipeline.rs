@@ -2,7 +2,7 @@
 //! dead-letter → store offsets. One batch is in flight at a time, so offsets are
 //! stored in order and a stored offset never outruns the work below it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
@@ -45,8 +45,8 @@ pub struct Pipeline {
     pub concurrency: usize,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
-    /// Messages that arrived while a batch was being retried; they open the next one.
-    pub carried: Mutex<Vec<OwnedMessage>>,
+    /// Whether consumption is paused (the engine refuses writes).
+    pub paused: watch::Sender<bool>,
 }
 
 /// The live indexer's side of a batch in progress: dead-letters poison, pauses
@@ -70,6 +70,8 @@ impl Pipeline {
         let (to_process, mut batches) = mpsc::channel(1);
         let mut stop = signals.stop.clone();
         let fetch = async move {
+            let mut paused = self.paused.subscribe();
+            let mut carried = Vec::new();
             let mut next_guard_check = Instant::now();
             loop {
                 if Instant::now() >= next_guard_check {
@@ -78,14 +80,33 @@ impl Pipeline {
                     }
                     next_guard_check = Instant::now() + GUARD_INTERVAL;
                 }
-                let carried = std::mem::take(&mut *self.lock_carried());
+                let carried_over = std::mem::take(&mut carried);
                 let Some(batch) =
-                    next_batch(&self.consumer, &self.limits, carried, &mut stop).await
+                    next_batch(&self.consumer, &self.limits, carried_over, &mut stop).await
                 else {
                     return;
                 };
-                if to_process.send(batch).await.is_err() {
-                    return;
+                // Wait for room. While consumption is paused (the engine fails) the
+                // consumer is still polled: one silent for `max.poll.interval.ms`
+                // leaves its group. Only this loop ever polls it (two pollers can
+                // lose a wake-up and stall), and what arrives opens the next batch,
+                // so offsets stay in order.
+                loop {
+                    tokio::select! {
+                        permit = to_process.reserve() => match permit {
+                            Ok(permit) => {
+                                permit.send(batch);
+                                break;
+                            }
+                            Err(_) => return,
+                        },
+                        received = self.consumer.recv(), if *paused.borrow() => match received {
+                            Ok(message) => carried.push(message.detach()),
+                            Err(error) => tracing::debug!(%error, "kafka consume error while paused"),
+                        },
+                        _ = paused.changed() => {}
+                        _ = stop.changed() => return,
+                    }
                 }
             }
         };
@@ -158,21 +179,16 @@ impl Pipeline {
             self.consumer.resume(&assignment)
         };
         match result {
-            Ok(()) => tracing::info!(
-                paused,
-                partitions = assignment.count(),
-                "consumption paused state changed"
-            ),
+            Ok(()) => {
+                self.paused.send_replace(paused);
+                tracing::info!(
+                    paused,
+                    partitions = assignment.count(),
+                    "consumption paused state changed"
+                );
+            }
             Err(error) => tracing::warn!(%error, paused, "pausing or resuming consumption failed"),
         }
-    }
-
-    fn lock_carried(&self) -> std::sync::MutexGuard<'_, Vec<OwnedMessage>> {
-        // The lock is never held across an await or a panic point, so poisoning
-        // cannot leave the buffer half-written; take it either way.
-        self.carried
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn store_offsets(&self, batch: &Batch) {
@@ -200,25 +216,15 @@ impl Host for LiveBatch<'_> {
         self.pipeline.set_paused(!writable);
     }
 
-    /// Sleeps before a retry. The consumer is still polled meanwhile: that keeps
-    /// this member in its group (a silent consumer is evicted after
-    /// `max.poll.interval.ms`), and anything already fetched waits for the next batch.
+    /// Sleeps before a retry; the fetch loop keeps the consumer polled meanwhile.
     async fn wait_before_retry(&self, delay: Duration) -> Result<(), Interrupted> {
         let mut abort = self.abort.clone();
         if *abort.borrow() {
             return Err(Interrupted::Aborted);
         }
-        let sleep = tokio::time::sleep(delay);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                () = &mut sleep => return Ok(()),
-                _ = abort.changed() => return Err(Interrupted::Aborted),
-                received = self.pipeline.consumer.recv() => match received {
-                    Ok(message) => self.pipeline.lock_carried().push(message.detach()),
-                    Err(error) => tracing::debug!(%error, "kafka consume error while paused"),
-                },
-            }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => Ok(()),
+            _ = abort.changed() => Err(Interrupted::Aborted),
         }
     }
 
