@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use serde_json::{Value, json};
 
-use crate::load::{LoadResult, closed_loop, percentile_ms};
+use crate::load::{LoadResult, closed_loop, get_cities, percentile_ms};
 use crate::preload::city_name;
 
 /// `POST /city` from `concurrency` workers; only a 202 counts.
@@ -45,28 +45,7 @@ pub async fn get(
     concurrency: usize,
     duration: Duration,
 ) -> LoadResult {
-    let http = crate::client();
-    let base = Arc::new(base_url.to_owned());
-    closed_loop(concurrency, duration, move |_| {
-        let (http, base) = (http.clone(), base.clone());
-        async move {
-            let key = city_name(rand::rng().random_range(0..cities)).to_lowercase();
-            let response = http
-                .get(format!("{base}/city/{key}"))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if !response.status().is_success() {
-                return Err(response.status().to_string());
-            }
-            response
-                .bytes()
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-    })
-    .await
+    get_cities(format!("{base_url}/city"), cities, concurrency, duration).await
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use rand::Rng;
 use serde_json::{Value, json};
 
-use crate::load::{LoadResult, closed_loop};
+use crate::load::{LoadResult, closed_loop, get_cities};
 use crate::preload::city_name;
 
 /// A raw `_bulk` loader: the final documents, in bulks of `bulk_size`, versioned as
@@ -115,27 +115,11 @@ pub async fn direct_get(
     concurrency: usize,
     duration: Duration,
 ) -> LoadResult {
-    let http = crate::client();
-    let engine = Arc::new(engine.to_owned());
-    let alias = Arc::new(alias.to_owned());
-    closed_loop(concurrency, duration, move |_| {
-        let (http, engine, alias) = (http.clone(), engine.clone(), alias.clone());
-        async move {
-            let key = city_name(rand::rng().random_range(0..cities)).to_lowercase();
-            let response = http
-                .get(format!("{engine}/{alias}/_doc/{key}"))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if !response.status().is_success() {
-                return Err(response.status().to_string());
-            }
-            response
-                .bytes()
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-    })
+    get_cities(
+        format!("{engine}/{alias}/_doc"),
+        cities,
+        concurrency,
+        duration,
+    )
     .await
 }

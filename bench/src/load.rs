@@ -5,7 +5,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::Rng;
 use serde::Serialize;
+
+use crate::preload::city_name;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LoadResult {
@@ -78,6 +81,38 @@ where
         errors += e;
     }
     LoadResult::from_latencies(latencies, errors, started.elapsed().as_secs_f64())
+}
+
+/// `GET {prefix}/{key}` of random existing cities from `concurrency` workers: the
+/// read load, through producer-api or straight to the engine.
+pub async fn get_cities(
+    prefix: String,
+    cities: usize,
+    concurrency: usize,
+    duration: Duration,
+) -> LoadResult {
+    let http = crate::client();
+    let prefix = Arc::new(prefix);
+    closed_loop(concurrency, duration, move |_| {
+        let (http, prefix) = (http.clone(), prefix.clone());
+        async move {
+            let key = city_name(rand::rng().random_range(0..cities)).to_lowercase();
+            let response = http
+                .get(format!("{prefix}/{key}"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if !response.status().is_success() {
+                return Err(response.status().to_string());
+            }
+            response
+                .bytes()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -216,20 +216,8 @@ impl Host for LiveBatch<'_> {
         self.pipeline.set_paused(!writable);
     }
 
-    /// Sleeps before a retry; the fetch loop keeps the consumer polled meanwhile.
-    async fn wait_before_retry(&self, delay: Duration) -> Result<(), Interrupted> {
-        let mut abort = self.abort.clone();
-        if *abort.borrow() {
-            return Err(Interrupted::Aborted);
-        }
-        tokio::select! {
-            () = tokio::time::sleep(delay) => Ok(()),
-            _ = abort.changed() => Err(Interrupted::Aborted),
-        }
-    }
-
-    async fn aborted(&self) {
-        crate::process::until_set(&self.abort).await;
+    fn abort_signal(&self) -> &watch::Receiver<bool> {
+        &self.abort
     }
 
     /// Dead-letters one message, retrying until Kafka acknowledges: a poison message

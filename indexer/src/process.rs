@@ -34,9 +34,18 @@ pub(crate) trait Host {
     /// Writes to the engine failed (`false`) or work again (`true`).
     fn engine_writable(&self, writable: bool);
     /// Waits `delay` before a retry; `Err` when the batch must be abandoned.
-    async fn wait_before_retry(&self, delay: Duration) -> Result<(), Interrupted>;
+    async fn wait_before_retry(&self, delay: Duration) -> Result<(), Interrupted> {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => Ok(()),
+            () = self.aborted() => Err(Interrupted::Aborted),
+        }
+    }
+    /// True once the batch must be abandoned.
+    fn abort_signal(&self) -> &watch::Receiver<bool>;
     /// Resolves when the batch must be abandoned at once.
-    async fn aborted(&self);
+    async fn aborted(&self) {
+        until_set(self.abort_signal()).await;
+    }
     /// Takes a message that cannot be indexed.
     async fn poison(
         &self,
@@ -47,7 +56,7 @@ pub(crate) trait Host {
 }
 
 /// Resolves once `signal` is true (at once if it already is).
-pub(crate) async fn until_set(signal: &watch::Receiver<bool>) {
+async fn until_set(signal: &watch::Receiver<bool>) {
     let mut signal = signal.clone();
     // An error means the sender is gone: the signal can no longer be set.
     if signal.wait_for(|set| *set).await.is_err() {

@@ -395,16 +395,8 @@ impl Host for ReplayHost {
         }
     }
 
-    async fn wait_before_retry(&self, delay: Duration) -> Result<(), Interrupted> {
-        let mut abort = self.abort.clone();
-        tokio::select! {
-            () = tokio::time::sleep(delay) => Ok(()),
-            _ = abort.changed() => Err(Interrupted::Aborted),
-        }
-    }
-
-    async fn aborted(&self) {
-        crate::process::until_set(&self.abort).await;
+    fn abort_signal(&self) -> &watch::Receiver<bool> {
+        &self.abort
     }
 
     async fn poison(
