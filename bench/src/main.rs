@@ -129,7 +129,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     eprintln!("==> P1: indexer drains the topic");
     let settings = [
-        ("CITYPOP_BATCH_MAX_EVENTS", args.bulk_size.to_string()),
+        ("CITYPOP_BULK_MAX_DOCUMENTS", args.bulk_size.to_string()),
         ("CITYPOP_COMMIT_INTERVAL", "200ms".to_owned()),
         ("CITYPOP_LOG", "warn".to_owned()),
     ];

@@ -1,50 +1,73 @@
-//! Stage 4: within one batch only the newest write per city needs sending; the
-//! older ones would be refused as stale anyway.
+//! Stage 4: of the events of one city in a batch only the newest needs writing; the
+//! older ones would be refused as stale anyway. Coalescing as messages arrive keeps
+//! a batch's memory to one message per city.
 
 use std::collections::HashMap;
 
-use crate::decode::Write;
+use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
 
-/// Keeps the write with the highest version (offset) per key. A key lives on one
-/// partition, so its offsets are comparable.
-pub fn newest_per_key(writes: Vec<Write>) -> Vec<Write> {
-    let mut newest: HashMap<String, Write> = HashMap::with_capacity(writes.len());
-    for write in writes {
-        match newest.get(write.key()) {
-            Some(kept) if kept.version() >= write.version() => {}
-            _ => {
-                newest.insert(write.key().to_owned(), write);
+/// Per city key, the message of its newest write so far.
+#[derive(Debug, Default)]
+pub struct NewestPerKey {
+    messages: HashMap<String, OwnedMessage>,
+}
+
+impl NewestPerKey {
+    /// Keeps `message` if it is newer than the one held for `key`. A key lives on one
+    /// partition, so offsets (the versions) are comparable.
+    pub fn offer(&mut self, key: &str, message: OwnedMessage) {
+        match self.messages.get_mut(key) {
+            Some(kept) if kept.offset() >= message.offset() => {}
+            Some(kept) => *kept = message,
+            None => {
+                self.messages.insert(key.to_owned(), message);
             }
         }
     }
-    newest.into_values().collect()
+
+    pub fn get(&self, key: &str) -> Option<&OwnedMessage> {
+        self.messages.get(key)
+    }
+
+    pub fn messages(&self) -> impl Iterator<Item = &OwnedMessage> {
+        self.messages.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use citypop_schemas::document::CityDocument;
+    use rdkafka::Timestamp;
 
-    fn write(key: &str, offset: i64) -> Write {
-        Write {
-            document: CityDocument::deleted(key, None, 0, 0, offset),
-            occurred_at_micros: 0,
-        }
+    fn message(offset: i64) -> OwnedMessage {
+        OwnedMessage::new(
+            None,
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            offset,
+            None,
+        )
     }
 
     #[test]
-    fn keeps_the_newest_write_of_each_key() {
-        let mut kept = newest_per_key(vec![
-            write("a", 3),
-            write("b", 1),
-            write("a", 7),
-            write("a", 5),
-        ]);
-        kept.sort_by(|x, y| x.key().cmp(y.key()));
-        let kept: Vec<_> = kept
-            .iter()
-            .map(|w| (w.key().to_owned(), w.version()))
-            .collect();
-        assert_eq!(kept, [("a".to_owned(), 7), ("b".to_owned(), 1)]);
+    fn keeps_the_newest_message_of_each_key() {
+        let mut newest = NewestPerKey::default();
+        for (key, offset) in [("a", 3), ("b", 1), ("a", 7), ("a", 5)] {
+            newest.offer(key, message(offset));
+        }
+        assert_eq!(newest.len(), 2);
+        assert_eq!(newest.get("a").map(Message::offset), Some(7));
+        assert_eq!(newest.get("b").map(Message::offset), Some(1));
     }
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use citypop_runtime::{EngineArgs, KafkaArgs, LogArgs};
 
+use crate::batch::BatchLimits;
 use crate::decode::DeadLetterReason;
 
 /// citypop indexer: consumes city updates from Kafka and writes them to the search
@@ -60,21 +61,30 @@ pub struct Config {
     #[arg(long, env = "CITYPOP_INDEX_REPLICAS", default_value_t = 1)]
     pub index_replicas: u32,
 
-    /// Largest batch in events. A batch becomes one bulk request as soon as it
-    /// reaches this, the byte limit or the linger time, whichever comes first.
-    #[arg(long, env = "CITYPOP_BATCH_MAX_EVENTS", default_value_t = 5000)]
+    /// Most events consumed into one batch. Of a city's events in a batch only the
+    /// newest is written, so while the indexer is behind, larger batches mean less
+    /// to write. A batch is written as bulk requests of at most
+    /// `--bulk-max-documents`.
+    #[arg(long, env = "CITYPOP_BATCH_MAX_EVENTS", default_value_t = 10_000)]
     pub batch_max_events: usize,
 
-    /// Largest batch in bytes of Kafka key and payload.
+    /// Most bytes of Kafka key and payload consumed into one batch.
     #[arg(long, env = "CITYPOP_BATCH_MAX_BYTES", default_value_t = 5 * 1024 * 1024)]
     pub batch_max_bytes: usize,
 
-    /// Longest time a batch's first event waits for more to join it.
+    /// How long a batch's first event waits for more before the batch may be
+    /// written. While the previous batch is still being written, the next one keeps
+    /// growing up to its limits.
     #[arg(long, env = "CITYPOP_BATCH_LINGER", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub batch_linger: Duration,
 
+    /// Most documents in one bulk request.
+    #[arg(long, env = "CITYPOP_BULK_MAX_DOCUMENTS", default_value_t = 5000)]
+    pub bulk_max_documents: usize,
+
     /// Bulk requests in flight at once. Two keep the engine busy while the next
-    /// batch is decoded; versions keep concurrent writes of one city in order.
+    /// request is built. A batch holds one write per city, so its requests never
+    /// race on a document.
     #[arg(long, env = "CITYPOP_BULK_CONCURRENCY", default_value_t = 2)]
     pub bulk_concurrency: usize,
 
@@ -111,6 +121,14 @@ pub struct Config {
 }
 
 impl Config {
+    pub fn batch_limits(&self) -> BatchLimits {
+        BatchLimits {
+            max_events: self.batch_max_events,
+            max_bytes: self.batch_max_bytes,
+            linger: self.batch_linger,
+        }
+    }
+
     pub fn dlq_topic(&self) -> String {
         self.dlq_topic
             .clone()

@@ -103,16 +103,12 @@ pub async fn run(
 
     let pipeline = pipeline::Pipeline {
         consumer: Arc::new(consume::create_consumer(&config, metrics.clone())?),
-        processor: process::Processor {
-            codec: codec(&config)?,
-            bulk: bulk::BulkWriter::new(client.clone(), config.engine.index_alias.clone()),
-            retry: retry::RetryPolicy {
-                min_delay: config.retry_min_delay,
-                max_delay: config.retry_max_delay,
-                max_attempts: config.retry_max_attempts,
-            },
-            metrics: metrics.clone(),
-        },
+        processor: process::Processor::for_config(
+            &config,
+            client.clone(),
+            config.engine.index_alias.clone(),
+            metrics.clone(),
+        )?,
         dead_letters: dead_letter::DeadLetters::new(&config.kafka, config.dlq_topic())?,
         guard: guard::TopicGuard {
             offsets: consume::OffsetReader::new(&config.kafka)?,
@@ -120,12 +116,7 @@ pub async fn run(
             alias: config.engine.index_alias.clone(),
             topic: config.kafka.topic.clone(),
         },
-        limits: batch::BatchLimits {
-            max_events: config.batch_max_events,
-            max_bytes: config.batch_max_bytes,
-            linger: config.batch_linger,
-        },
-        concurrency: config.bulk_concurrency,
+        limits: config.batch_limits(),
         health,
         metrics,
         paused: watch::channel(false).0,

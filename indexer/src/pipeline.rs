@@ -1,6 +1,7 @@
 //! The stages joined: consume → decode → batch → coalesce → bulk write → classify →
-//! dead-letter → store offsets. One batch is in flight at a time, so offsets are
-//! stored in order and a stored offset never outruns the work below it.
+//! dead-letter → store offsets. One batch is written at a time (its bulk requests
+//! in parallel), so offsets are stored in order and a stored offset never outruns
+//! the work below it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,11 +9,10 @@ use std::time::{Duration, Instant};
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::OwnedMessage;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::batch::{Batch, BatchLimits};
-use crate::commit::next_offsets;
-use crate::consume::{GroupConsumer, next_batch};
+use crate::consume::{Gatherer, GroupConsumer, handover};
 use crate::dead_letter::DeadLetters;
 use crate::decode::DeadLetterReason;
 use crate::guard::TopicGuard;
@@ -41,8 +41,6 @@ pub struct Pipeline {
     pub dead_letters: DeadLetters,
     pub guard: TopicGuard,
     pub limits: BatchLimits,
-    /// Batches written at once.
-    pub concurrency: usize,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     /// Whether consumption is paused (the engine refuses writes).
@@ -65,12 +63,17 @@ impl Pipeline {
             pipeline: self,
             abort: signals.abort.clone(),
         };
-        // One batch is gathered while up to `concurrency` are written: a bounded
-        // channel joins the two, so fetching waits when writing falls behind.
-        let (to_process, mut batches) = mpsc::channel(1);
+        // The next batch is gathered while one is written, and grows until the
+        // writer asks for it.
+        let (writer, mut batches) = handover();
         let mut stop = signals.stop.clone();
         let fetch = async move {
-            let mut paused = self.paused.subscribe();
+            let gatherer = Gatherer {
+                consumer: &self.consumer,
+                codec: &self.processor.codec,
+                limits: &self.limits,
+            };
+            let paused = self.paused.subscribe();
             let mut carried = Vec::new();
             let mut next_guard_check = Instant::now();
             loop {
@@ -80,41 +83,21 @@ impl Pipeline {
                     }
                     next_guard_check = Instant::now() + GUARD_INTERVAL;
                 }
-                let carried_over = std::mem::take(&mut carried);
-                let Some(batch) =
-                    next_batch(&self.consumer, &self.limits, carried_over, &mut stop).await
-                else {
+                let Some(mut batch) = gatherer.gather(&mut carried, &mut stop).await else {
                     return;
                 };
-                // Wait for room. While consumption is paused (the engine fails) the
-                // consumer is still polled: one silent for `max.poll.interval.ms`
-                // leaves its group. Only this loop ever polls it (two pollers can
-                // lose a wake-up and stall), and what arrives opens the next batch,
-                // so offsets stay in order.
-                loop {
-                    tokio::select! {
-                        permit = to_process.reserve() => match permit {
-                            Ok(permit) => {
-                                permit.send(batch);
-                                break;
-                            }
-                            Err(_) => return,
-                        },
-                        received = self.consumer.recv(), if *paused.borrow() => match received {
-                            Ok(message) => carried.push(message.detach()),
-                            Err(error) => tracing::debug!(%error, "kafka consume error while paused"),
-                        },
-                        _ = paused.changed() => {}
-                        _ = stop.changed() => return,
-                    }
+                if !gatherer
+                    .grow_until_wanted(&mut batch, &mut carried, &writer, &paused, &mut stop)
+                    .await
+                    || !writer.send(batch).await
+                {
+                    return;
                 }
             }
         };
-        let process =
-            self.processor
-                .process_in_order(&host, self.concurrency, &mut batches, |batch| {
-                    self.store_offsets(batch)
-                });
+        let process = self
+            .processor
+            .write_batches(&host, &mut batches, |batch| self.store_offsets(batch));
         tokio::pin!(fetch, process);
         // When fetching ends (stop), the batches already gathered are still written;
         // when writing ends first (an error), fetching is dropped with it.
@@ -194,7 +177,7 @@ impl Pipeline {
     fn store_offsets(&self, batch: &Batch) {
         // Fails only for partitions revoked meanwhile; their new owner re-reads
         // them, and versions make that harmless.
-        if let Err(error) = self.consumer.store_offsets(&next_offsets(&batch.messages)) {
+        if let Err(error) = self.consumer.store_offsets(&batch.next_offsets()) {
             tracing::warn!(%error, "storing offsets failed");
         }
     }

@@ -1,21 +1,22 @@
-//! Stages 3 to 7 for one batch, shared by the live indexer and `indexer replay`:
-//! decode → coalesce → bulk write with retries → classify. What happens to poison,
-//! and how a retry waits, is the caller's business (its [`Host`]).
+//! Stages 5 to 7 for one batch, shared by the live indexer and `indexer replay`:
+//! bulk writes with retries → classify. What happens to poison, and how a retry
+//! waits, is the caller's business (its [`Host`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
-use tokio::sync::{mpsc, watch};
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::watch;
 
 use citypop_schemas::event::Codec;
-use rdkafka::Message;
+use elasticsearch::Elasticsearch;
 use rdkafka::message::OwnedMessage;
 
 use crate::batch::Batch;
 use crate::bulk::{BulkWriter, ItemOutcome};
-use crate::coalesce::newest_per_key;
+use crate::config::Config;
+use crate::consume::BatchReceiver;
 use crate::decode::{DeadLetterReason, Decoded, Write, decode};
 use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
@@ -69,21 +70,96 @@ pub struct Processor {
     pub bulk: BulkWriter,
     pub retry: RetryPolicy,
     pub metrics: Arc<Metrics>,
+    pub bulk_limits: BulkLimits,
+    /// Bulk requests failing now: the engine counts as writable again only once
+    /// none is.
+    failing: AtomicUsize,
+}
+
+/// How a batch's writes are split into bulk requests.
+#[derive(Debug, Clone, Copy)]
+pub struct BulkLimits {
+    /// Documents per bulk request.
+    pub documents: usize,
+    /// Bulk requests in flight at once.
+    pub concurrency: usize,
 }
 
 impl Processor {
+    /// The processor `config` asks for, writing through `target` (an alias or index).
+    pub fn for_config(
+        config: &Config,
+        client: Elasticsearch,
+        target: String,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            codec: crate::codec(config)?,
+            bulk: BulkWriter::new(client, target),
+            retry: RetryPolicy {
+                min_delay: config.retry_min_delay,
+                max_delay: config.retry_max_delay,
+                max_attempts: config.retry_max_attempts,
+            },
+            metrics,
+            bulk_limits: BulkLimits {
+                documents: config.bulk_max_documents,
+                concurrency: config.bulk_concurrency,
+            },
+            failing: AtomicUsize::new(0),
+        })
+    }
+
     /// Handles every message of the batch: once it returns `Ok`, each one is
-    /// indexed, stale, or in the host's hands as poison, and its offset may be stored.
+    /// indexed, stale, or in the host's hands as poison, and its offsets may be
+    /// stored. The batch holds one message per city, so its bulk requests share no
+    /// document and may be in flight together in any order.
     pub(crate) async fn process(&self, batch: &Batch, host: &impl Host) -> Result<(), Interrupted> {
         self.metrics.consumed(batch.len());
-        let mut writes = Vec::with_capacity(batch.len());
-        for message in &batch.messages {
+        for poison in &batch.poison {
+            host.poison(&poison.message, poison.reason, &poison.error)
+                .await?;
+        }
+        let messages: Vec<&OwnedMessage> = batch.newest.messages().collect();
+        futures::stream::iter(messages.chunks(self.bulk_limits.documents.max(1)))
+            .map(|chunk| self.write_chunk(chunk, batch, host))
+            .buffer_unordered(self.bulk_limits.concurrency.max(1))
+            .try_collect()
+            .await
+    }
+
+    /// Writes the batches that arrive on `batches`, one after another, and hands
+    /// each finished one to `done`, so offsets are stored in order. Returns once
+    /// `batches` is closed and drained, or at the first batch that could not be
+    /// finished.
+    pub(crate) async fn write_batches(
+        &self,
+        host: &impl Host,
+        batches: &mut BatchReceiver,
+        mut done: impl FnMut(&Batch),
+    ) -> Result<(), Interrupted> {
+        while let Some(batch) = batches.recv().await {
+            self.process(&batch, host).await?;
+            done(&batch);
+        }
+        Ok(())
+    }
+
+    /// One bulk request's worth of the batch's messages, decoded (again: decoding
+    /// them when they joined the batch only chose them), written, and judged.
+    async fn write_chunk(
+        &self,
+        chunk: &[&OwnedMessage],
+        batch: &Batch,
+        host: &impl Host,
+    ) -> Result<(), Interrupted> {
+        let mut writes = Vec::with_capacity(chunk.len());
+        for message in chunk {
             match decode(&self.codec, message) {
                 Decoded::Write(write) => writes.push(write),
                 Decoded::Poison { reason, error } => host.poison(message, reason, &error).await?,
             }
         }
-        let writes = newest_per_key(writes);
         for (write, outcome) in self.write_all(writes, host).await? {
             match outcome {
                 ItemOutcome::Created => self.indexed("created", &write),
@@ -91,11 +167,8 @@ impl Processor {
                 ItemOutcome::Deleted => self.indexed("deleted", &write),
                 ItemOutcome::Stale => self.metrics.indexed("stale"),
                 ItemOutcome::Rejected(error) => {
-                    let source = batch.messages.iter().find(|m| {
-                        m.partition() == write.document.partition && m.offset() == write.version()
-                    });
-                    // Every write was decoded from a message of this batch.
-                    if let Some(message) = source {
+                    // Every write was decoded from the batch's message for its city.
+                    if let Some(message) = batch.newest.get(write.key()) {
                         host.poison(message, DeadLetterReason::Rejected, &error)
                             .await?;
                     }
@@ -104,39 +177,6 @@ impl Processor {
             }
         }
         Ok(())
-    }
-
-    /// Processes the batches that arrive on `batches`, up to `concurrency` at once,
-    /// and hands each finished batch to `done` in arrival order, so offsets are
-    /// stored in order. Concurrent batches may hold the same city; its versions
-    /// decide, whichever bulk request lands first. Returns once `batches` is closed
-    /// and drained, or at the first batch that could not be finished.
-    pub(crate) async fn process_in_order(
-        &self,
-        host: &impl Host,
-        concurrency: usize,
-        batches: &mut mpsc::Receiver<Batch>,
-        mut done: impl FnMut(&Batch),
-    ) -> Result<(), Interrupted> {
-        let mut in_flight = FuturesOrdered::new();
-        let mut open = true;
-        loop {
-            tokio::select! {
-                biased;
-                Some((batch, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                    result?;
-                    done(&batch);
-                }
-                received = batches.recv(), if open && in_flight.len() < concurrency.max(1) => match received {
-                    Some(batch) => in_flight.push_back(async move {
-                        let result = self.process(&batch, host).await;
-                        (batch, result)
-                    }),
-                    None => open = false,
-                },
-                else => return Ok(()),
-            }
-        }
     }
 
     fn indexed(&self, result: &'static str, write: &Write) {
@@ -193,8 +233,10 @@ impl Processor {
                 }
             };
             if !failing {
-                host.engine_writable(false);
                 failing = true;
+                if self.failing.fetch_add(1, Ordering::SeqCst) == 0 {
+                    host.engine_writable(false);
+                }
             }
             let Some(delay) = delays.next() else {
                 return Err(Interrupted::RetriesExhausted(last_error));
@@ -202,7 +244,7 @@ impl Processor {
             tracing::warn!(error = %last_error, documents = pending.len(), retry_in = ?delay, "bulk write failed, retrying");
             host.wait_before_retry(delay).await?;
         }
-        if failing {
+        if failing && self.failing.fetch_sub(1, Ordering::SeqCst) == 1 {
             host.engine_writable(true);
         }
         Ok(done)

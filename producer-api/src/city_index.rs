@@ -7,7 +7,7 @@ use citypop_schemas::CityKey;
 use citypop_schemas::document::CityDocument;
 use elasticsearch::cluster::ClusterHealthParts;
 use elasticsearch::http::StatusCode;
-use elasticsearch::{Elasticsearch, GetParts, SearchParts};
+use elasticsearch::{Elasticsearch, GetSourceParts, SearchParts};
 use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -47,9 +47,10 @@ impl CityIndex {
     /// matters to read-your-writes); `None` when it was never indexed. A get by id is
     /// real-time: it sees a write before the index refreshes.
     pub async fn get(&self, key: &CityKey) -> anyhow::Result<Option<CityDocument>> {
+        // `_source` alone: the engine writes, and this parses, only the document.
         let response = self
             .client
-            .get(GetParts::IndexId(&self.alias, key.as_str()))
+            .get_source(GetSourceParts::IndexId(&self.alias, key.as_str()))
             .send()
             .await?;
         // A missing document and a missing alias (no indexer has run yet) both mean
@@ -58,8 +59,7 @@ impl CityIndex {
             return Ok(None);
         }
         let response = response.error_for_status_code()?;
-        let body: GetResponse = response.json().await?;
-        Ok(body.source)
+        Ok(Some(response.json().await?))
     }
 
     /// One page of live (not deleted) cities, `size` at most.
@@ -145,12 +145,6 @@ impl CityIndex {
             other => Err(format!("cluster status is {other}")),
         }
     }
-}
-
-#[derive(serde::Deserialize)]
-struct GetResponse {
-    #[serde(rename = "_source")]
-    source: Option<CityDocument>,
 }
 
 #[derive(serde::Deserialize)]

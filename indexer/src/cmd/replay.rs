@@ -36,16 +36,14 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::batch::BatchLimits;
-use crate::bulk::BulkWriter;
 use crate::config::{Config, ReplayArgs};
-use crate::consume::{OffsetReader, next_batch};
+use crate::consume::{Gatherer, OffsetReader, handover};
 use crate::decode::DeadLetterReason;
 use crate::metrics::Metrics;
 use crate::process::{Host, Interrupted, Processor};
-use crate::retry::RetryPolicy;
 use crate::setup;
 
 /// Longest wait for the next message while the end offsets are not reached yet.
@@ -123,25 +121,16 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut replay = Replay {
         consumer: consumer.clone(),
-        concurrency: config.bulk_concurrency,
         offsets: offsets.clone(),
-        processor: Processor {
-            codec: crate::codec(config)?,
-            bulk: BulkWriter::new(client.clone(), index.clone()),
-            retry: RetryPolicy {
-                min_delay: config.retry_min_delay,
-                max_delay: config.retry_max_delay,
-                max_attempts: config.retry_max_attempts,
-            },
-            metrics: Arc::new(Metrics::register(
+        processor: Processor::for_config(
+            config,
+            client.clone(),
+            index.clone(),
+            Arc::new(Metrics::register(
                 &mut prometheus_client::registry::Registry::default(),
             )),
-        },
-        limits: BatchLimits {
-            max_events: config.batch_max_events,
-            max_bytes: config.batch_max_bytes,
-            linger: config.batch_linger,
-        },
+        )?,
+        limits: config.batch_limits(),
         host: ReplayHost {
             abort: aborted.clone(),
             undecodable: Mutex::new(BTreeMap::new()),
@@ -283,7 +272,6 @@ fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {
 
 struct Replay {
     consumer: Arc<StreamConsumer>,
-    concurrency: usize,
     offsets: OffsetReader,
     processor: Processor,
     limits: BatchLimits,
@@ -295,9 +283,9 @@ struct Replay {
     stop: watch::Receiver<bool>,
 }
 
-/// Catch-up stops once a round has at most this many batches' worth left: the write
-/// block that follows then lasts about one batch.
-const CATCH_UP_BATCHES: i64 = 1;
+/// Catch-up stops once a round has at most this many bulk requests' worth left: the
+/// write block that follows then lasts about that long.
+const CATCH_UP_BULKS: i64 = 2;
 
 /// Catch-up rounds at most, for a topic written faster than replay reads.
 const CATCH_UP_ROUNDS: usize = 10;
@@ -312,7 +300,7 @@ impl Replay {
                 .map(|(p, end)| (end - self.next.get(p).copied().unwrap_or(0)).max(0))
                 .sum();
             self.progress.grow(left as u64);
-            if left <= CATCH_UP_BATCHES * self.limits.max_events as i64 {
+            if left <= CATCH_UP_BULKS * self.processor.bulk_limits.documents as i64 {
                 return Ok(());
             }
             self.read_until(&ends).await?;
@@ -320,45 +308,57 @@ impl Replay {
         Ok(())
     }
 
-    /// Reads every partition up to `ends`, writing up to `concurrency` batches at
-    /// once while the next one is gathered.
+    /// Reads every partition up to `ends`, writing one batch while the next one is
+    /// gathered.
     async fn read_until(&mut self, ends: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
-        let (to_process, mut batches) = mpsc::channel(1);
+        let (writer, mut batches) = handover();
         let (consumer, limits, stop, next) =
             (&self.consumer, &self.limits, &mut self.stop, &mut self.next);
+        let codec = &self.processor.codec;
         let fetch = async move {
+            let gatherer = Gatherer {
+                consumer,
+                codec,
+                limits,
+            };
+            // Replay never pauses: a failing engine only slows its writes.
+            let (_pause, never_paused) = watch::channel(false);
+            let mut carried = Vec::new();
             while ends
                 .iter()
                 .any(|(p, end)| next.get(p).copied().unwrap_or(0) < *end)
             {
-                let batch = tokio::time::timeout(
-                    READ_TIMEOUT,
-                    next_batch(consumer, limits, Vec::new(), stop),
-                )
-                .await
-                .with_context(|| {
-                    format!("no message within {READ_TIMEOUT:?} before the end offsets")
-                })?;
-                let Some(batch) = batch else {
+                let batch = tokio::time::timeout(READ_TIMEOUT, gatherer.gather(&mut carried, stop))
+                    .await
+                    .with_context(|| {
+                        format!("no message within {READ_TIMEOUT:?} before the end offsets")
+                    })?;
+                let Some(mut batch) = batch else {
                     bail!("interrupted");
                 };
-                for message in &batch.messages {
-                    let next = next.entry(message.partition()).or_insert(0);
-                    *next = (*next).max(message.offset() + 1);
+                if !gatherer
+                    .grow_until_wanted(&mut batch, &mut carried, &writer, &never_paused, stop)
+                    .await
+                {
+                    bail!("interrupted");
                 }
-                if to_process.send(batch).await.is_err() {
+                for (partition, offset) in batch.highest_offsets() {
+                    let next = next.entry(partition).or_insert(0);
+                    *next = (*next).max(offset + 1);
+                }
+                if !writer.send(batch).await {
                     break;
                 }
             }
             Ok(())
         };
         let (events, progress) = (&mut self.events, &mut self.progress);
-        let process =
-            self.processor
-                .process_in_order(&self.host, self.concurrency, &mut batches, |batch| {
-                    *events += batch.len() as u64;
-                    progress.advance(batch.len() as u64);
-                });
+        let process = self
+            .processor
+            .write_batches(&self.host, &mut batches, |batch| {
+                *events += batch.len() as u64;
+                progress.advance(batch.len() as u64);
+            });
         tokio::pin!(fetch, process);
         let processed = tokio::select! {
             processed = &mut process => {

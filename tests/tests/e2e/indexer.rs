@@ -484,3 +484,47 @@ async fn setup_creates_the_topics_the_template_and_the_alias_then_exits() {
     // Setting up twice is harmless.
     citypop_tests::run_indexer_command(&stack, &names, &["setup"], &[], CATCH_UP).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_coalesced_to_the_newest_update_of_each_city() {
+    const CITIES: usize = 10;
+    const UPDATES: usize = 2000;
+    let stack = Stack::from_env();
+    let names = Names::unique("coalesce");
+    let kafka = Kafka::connect(&stack.kafka);
+    citypop_tests::run_indexer_command(&stack, &names, &["setup"], &[], CATCH_UP).await;
+    let mut expected = Expected::new();
+    load(
+        &kafka,
+        &names.topic,
+        &mut expected,
+        "Busy City",
+        CITIES,
+        UPDATES,
+        0,
+    )
+    .await;
+
+    // The whole backlog is waiting when the indexer starts: a batch (10,000 events
+    // by default) holds many updates of each city, and only the newest is written.
+    let indexer = spawn_indexer(&stack, &names).await;
+    wait_for_index(&stack, &names.alias, &expected).await;
+    wait_for_metric(
+        &indexer,
+        "citypop_indexer_events_consumed_total",
+        UPDATES as f64,
+    )
+    .await;
+    let mut written = 0.0;
+    for result in ["created", "updated", "stale"] {
+        written += indexer
+            .metric(&format!(
+                "citypop_indexer_documents_indexed_total{{result=\"{result}\"}}"
+            ))
+            .await;
+    }
+    assert!(
+        written >= CITIES as f64 && written <= (UPDATES / 10) as f64,
+        "{written} documents written for {UPDATES} updates of {CITIES} cities"
+    );
+}

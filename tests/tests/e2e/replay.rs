@@ -107,7 +107,10 @@ async fn a_replay_during_live_writes_never_shows_a_gap_or_a_step_back() {
         })
     };
 
-    let small_batches = [("CITYPOP_BATCH_MAX_EVENTS", "500".to_owned())];
+    let small_batches = [
+        ("CITYPOP_BATCH_MAX_EVENTS", "500".to_owned()),
+        ("CITYPOP_BULK_MAX_DOCUMENTS", "250".to_owned()),
+    ];
     let output = run_indexer_command(
         &stack,
         &names,
