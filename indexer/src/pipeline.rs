@@ -1,7 +1,6 @@
 //! The stages joined: consume → decode → batch → coalesce → bulk write → classify →
-//! dead-letter → store offsets. One batch is written at a time (its bulk requests
-//! in parallel), so offsets are stored in order and a stored offset never outruns
-//! the work below it.
+//! dead-letter → store offsets. Offsets are stored in batch order, so a stored
+//! offset never outruns the work below it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::stream::FuturesOrdered;
 use futures::{StreamExt, TryStreamExt};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use citypop_schemas::event::Codec;
 use elasticsearch::Elasticsearch;
@@ -74,7 +75,12 @@ pub struct Processor {
     /// Bulk requests failing now: the engine counts as writable again only once
     /// none is.
     failing: AtomicUsize,
+    /// One permit per bulk request allowed in flight.
+    requests: Semaphore,
 }
+
+/// Batches written at once (see [`Processor::write_batches`]).
+const BATCHES_IN_FLIGHT: usize = 2;
 
 /// How a batch's writes are split into bulk requests.
 #[derive(Debug, Clone, Copy)]
@@ -107,6 +113,7 @@ impl Processor {
                 concurrency: config.bulk_concurrency,
             },
             failing: AtomicUsize::new(0),
+            requests: Semaphore::new(config.bulk_concurrency.max(1)),
         })
     }
 
@@ -128,21 +135,38 @@ impl Processor {
             .await
     }
 
-    /// Writes the batches that arrive on `batches`, one after another, and hands
-    /// each finished one to `done`, so offsets are stored in order. Returns once
-    /// `batches` is closed and drained, or at the first batch that could not be
-    /// finished.
+    /// Writes the batches that arrive on `batches`, two at a time, and hands each
+    /// finished one to `done` in arrival order, so offsets are stored in order.
+    /// With two, the next batch's requests start as soon as a request of the first
+    /// one ends, and the engine never waits on a batch's slowest request. Two
+    /// batches may hold the same city; its versions decide, whichever request lands
+    /// first. Returns once `batches` is closed and drained, or at the first batch
+    /// that could not be finished.
     pub(crate) async fn write_batches(
         &self,
         host: &impl Host,
         batches: &mut BatchReceiver,
         mut done: impl FnMut(&Batch),
     ) -> Result<(), Interrupted> {
-        while let Some(batch) = batches.recv().await {
-            self.process(&batch, host).await?;
-            done(&batch);
+        let mut in_flight = FuturesOrdered::new();
+        let mut open = true;
+        loop {
+            tokio::select! {
+                biased;
+                Some((batch, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                    result?;
+                    done(&batch);
+                }
+                received = batches.recv(), if open && in_flight.len() < BATCHES_IN_FLIGHT => match received {
+                    Some(batch) => in_flight.push_back(async move {
+                        let result = self.process(&batch, host).await;
+                        (batch, result)
+                    }),
+                    None => open = false,
+                },
+                else => return Ok(()),
+            }
         }
-        Ok(())
     }
 
     /// One bulk request's worth of the batch's messages, decoded (again: decoding
@@ -153,6 +177,13 @@ impl Processor {
         batch: &Batch,
         host: &impl Host,
     ) -> Result<(), Interrupted> {
+        // Bounds requests in flight across both batches being written.
+        // The semaphore is never closed.
+        let _request = self
+            .requests
+            .acquire()
+            .await
+            .map_err(|_| Interrupted::Aborted)?;
         let mut writes = Vec::with_capacity(chunk.len());
         for message in chunk {
             match decode(&self.codec, message) {
