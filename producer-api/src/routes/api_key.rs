@@ -10,6 +10,25 @@ use crate::problem::Problem;
 
 pub const HEADER: &str = "x-api-key";
 
+/// The answers of [`WriteAccess`], for the OpenAPI document of every write route.
+#[derive(utoipa::IntoResponses)]
+// Never built: the answers themselves are `Problem`s; this only documents them.
+#[allow(dead_code)]
+pub enum KeyRefusals {
+    #[response(
+        status = 401,
+        description = "Keys are configured and `X-API-Key` is missing",
+        content_type = "application/problem+json"
+    )]
+    Missing(Problem),
+    #[response(
+        status = 403,
+        description = "`X-API-Key` is not a configured key",
+        content_type = "application/problem+json"
+    )]
+    Wrong(Problem),
+}
+
 /// Proof that the request may write: it carries a configured key, or no keys are
 /// configured. As an extractor it runs before the body is read, so a client without
 /// a key learns so before uploading a large body.

@@ -12,7 +12,8 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::api_key::WriteAccess;
+use super::api_key::{KeyRefusals, WriteAccess};
+use super::json_body::JsonRefusals;
 use super::upsert::{CityUpdate, CityUpdateBody};
 use super::{AppState, RETRY_AFTER_SECS, json_body};
 use crate::problem::{FieldError, Problem};
@@ -133,12 +134,9 @@ pub struct BulkResponse {
         description = "1 to 1000 `{name, population}` objects"),
     security((), ("api_key" = [])),
     responses(
+        KeyRefusals, JsonRefusals,
         (status = 202, description = "At least one item was accepted; `items` has the result of each", body = BulkResponse),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Keys are configured and `X-API-Key` is missing", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`X-API-Key` is not a configured key", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 4 MiB, or more than 1000 items", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content type is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The body is not a non-empty array, or every item is invalid (`errors` names them as `[index].field`, `items` has each result)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No item was accepted and some failed because Kafka did not acknowledge them; `items` has each result", body = Problem, content_type = "application/problem+json",
             headers(("retry-after" = u64, description = "Seconds to wait before retrying"))),

@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use citypop_schemas::CityKey;
 
-use super::api_key::WriteAccess;
+use super::api_key::{KeyRefusals, WriteAccess};
 use super::{AppState, accepted_response, publish_problem};
 use crate::problem::Problem;
 use crate::publisher::Accepted;
@@ -25,10 +25,9 @@ use crate::trace_context::TraceContext;
     params(("name" = String, Path, description = "The city's name in any spelling")),
     security((), ("api_key" = [])),
     responses(
+        KeyRefusals,
         (status = 202, description = "Kafka acknowledged the tombstone; wait for it with `GET /city/{name}?min_version={offset}`, which then answers 404", body = Accepted),
         (status = 400, description = "Unreadable path", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Keys are configured and `X-API-Key` is missing", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`X-API-Key` is not a configured key", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The name cannot be a city's", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Kafka did not acknowledge within the publish timeout, or the producer queue is full", body = Problem, content_type = "application/problem+json",
             headers(("retry-after" = u64, description = "Seconds to wait before retrying"))),

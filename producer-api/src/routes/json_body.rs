@@ -6,6 +6,26 @@ use axum::http::{HeaderMap, StatusCode, header};
 
 use crate::problem::Problem;
 
+/// The answers of [`parse`] that do not depend on the route's body limit, for the
+/// OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+// Never built: the answers themselves are `Problem`s; this only documents them.
+#[allow(dead_code)]
+pub enum JsonRefusals {
+    #[response(
+        status = 400,
+        description = "Malformed JSON",
+        content_type = "application/problem+json"
+    )]
+    Malformed(Problem),
+    #[response(
+        status = 415,
+        description = "Content type is not JSON",
+        content_type = "application/problem+json"
+    )]
+    NotJson(Problem),
+}
+
 /// The body as a JSON value: 415 for a non-JSON content type, 413 past the body
 /// limit, 400 for malformed JSON.
 pub fn parse(

@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use super::api_key::WriteAccess;
+use super::api_key::{KeyRefusals, WriteAccess};
+use super::json_body::JsonRefusals;
 use super::{AppState, accepted_response, json_body, publish_problem};
 use crate::problem::{FieldError, Problem};
 use crate::publisher::Accepted;
@@ -127,13 +128,10 @@ fn population(object: &Map<String, Value>) -> Result<Population, FieldError> {
     request_body(content = CityUpdateBody, content_type = "application/json"),
     security((), ("api_key" = [])),
     responses(
+        KeyRefusals, JsonRefusals,
         (status = 202, description = "Kafka acknowledged the update", body = Accepted,
             headers(("location" = String, description = "`/city/{key}`, where the city can be read"))),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Keys are configured and `X-API-Key` is missing", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`X-API-Key` is not a configured key", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content type is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, each in `errors`", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Kafka did not acknowledge within the publish timeout, or the producer queue is full; retry after `Retry-After` seconds", body = Problem, content_type = "application/problem+json",
             headers(("retry-after" = u64, description = "Seconds to wait before retrying"))),
@@ -160,13 +158,10 @@ pub async fn post_city(
     request_body(content = PopulationBody, content_type = "application/json"),
     security((), ("api_key" = [])),
     responses(
+        KeyRefusals, JsonRefusals,
         (status = 202, description = "Kafka acknowledged the update", body = Accepted,
             headers(("location" = String, description = "`/city/{key}`, where the city can be read"))),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Keys are configured and `X-API-Key` is missing", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`X-API-Key` is not a configured key", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Content type is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid name or fields, each in `errors`", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Kafka did not acknowledge within the publish timeout, or the producer queue is full", body = Problem, content_type = "application/problem+json",
             headers(("retry-after" = u64, description = "Seconds to wait before retrying"))),
