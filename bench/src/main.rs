@@ -235,7 +235,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "P5",
             "freshness p99, 202 to visible (ms)",
             fresh.p99_ms,
-            250.0,
+            api::FRESHNESS_TARGET.as_secs_f64() * 1000.0,
         )
         .with_note(format!(
             "p50 {:.1} ms, {} samples at {:.0} writes/s, {} missed",

@@ -303,6 +303,16 @@ pub enum Readiness {
     Live,
 }
 
+impl Readiness {
+    /// The path that answers 200 once this readiness is reached.
+    fn probe(self) -> &'static str {
+        match self {
+            Self::Ready => "readyz",
+            Self::Live => "livez",
+        }
+    }
+}
+
 /// The settings every indexer of a test gets.
 fn indexer_env(stack: &Stack, names: &Names) -> Vec<(&'static str, String)> {
     vec![
@@ -366,31 +376,19 @@ pub async fn spawn_indexer_with(
     let mut envs = indexer_env(stack, names);
     envs.push(("CITYPOP_HEALTH_LISTEN", format!("127.0.0.1:{port}")));
     envs.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
-    let probe = match wait_for {
-        Readiness::Ready => "readyz",
-        Readiness::Live => "livez",
-    };
-    spawn("indexer", &envs, format!("{base_url}/{probe}"), base_url).await
+    spawn(
+        "indexer",
+        &envs,
+        format!("{base_url}/{}", wait_for.probe()),
+        base_url,
+    )
+    .await
 }
 
 /// Starts a producer-api for `names` and waits until it is ready (which needs the
 /// topic, so start an indexer first).
 pub async fn spawn_producer_api(stack: &Stack, names: &Names) -> Service {
-    let port = free_port();
-    let base_url = format!("http://127.0.0.1:{port}");
-    spawn(
-        "producer-api",
-        &[
-            ("CITYPOP_KAFKA_BOOTSTRAP_SERVERS", stack.kafka.clone()),
-            ("CITYPOP_ELASTICSEARCH_URL", stack.elasticsearch.clone()),
-            ("CITYPOP_TOPIC", names.topic.clone()),
-            ("CITYPOP_INDEX_ALIAS", names.alias.clone()),
-            ("CITYPOP_LISTEN", format!("127.0.0.1:{port}")),
-        ],
-        format!("{base_url}/readyz"),
-        base_url.clone(),
-    )
-    .await
+    spawn_producer_api_with(stack, names, &[], Readiness::Ready).await
 }
 
 /// Starts a producer-api with extra settings (they override the defaults here).
@@ -412,14 +410,10 @@ pub async fn spawn_producer_api_with(
         ("CITYPOP_LISTEN", format!("127.0.0.1:{port}")),
     ];
     envs.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
-    let probe = match wait_for {
-        Readiness::Ready => "readyz",
-        Readiness::Live => "livez",
-    };
     spawn(
         "producer-api",
         &envs,
-        format!("{base_url}/{probe}"),
+        format!("{base_url}/{}", wait_for.probe()),
         base_url,
     )
     .await

@@ -308,7 +308,7 @@ impl Replay {
         Ok(())
     }
 
-    /// Reads every partition up to `ends`, writing one batch while the next one is
+    /// Reads every partition up to `ends`, writing batches while the next one is
     /// gathered.
     async fn read_until(&mut self, ends: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
         let (writer, mut batches) = handover();
