@@ -1,23 +1,40 @@
-//! Stage 2: gathering consumed messages into a batch, closed by count, bytes or
-//! linger. Each message is decoded as it joins (stage 3) and coalesced (stage 4),
-//! so a batch holds one message per city however many events it consumed.
+//! Stage 3, batch: consumed messages gathered into a batch, closed by count, bytes or
+//! linger. Each message is decoded as it joins (stage 2) and coalesced (stage 4), so
+//! a batch holds one message per city however many events it consumed.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use citypop_schemas::event::Codec;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
-use rdkafka::topic_partition_list::TopicPartitionList;
 
 use crate::coalesce::NewestPerKey;
-use crate::commit::next_offsets;
-use crate::decode::{DeadLetterReason, Decoded, decode};
+use crate::dead_letter::PoisonCause;
+use crate::decode::{Decoded, decode};
+use crate::offsets::ConsumedOffsets;
 
-#[derive(Debug, Clone, Copy)]
+/// When a batch is closed.
+#[derive(Debug, Clone, Copy, clap::Args)]
 pub struct BatchLimits {
+    /// Most events consumed into one batch. Of a city's events in a batch only the
+    /// newest is written, so while the indexer is behind, larger batches mean less
+    /// to write. A batch is written as bulk requests of at most
+    /// `--bulk-max-documents`.
+    #[arg(
+        long = "batch-max-events",
+        env = "CITYPOP_BATCH_MAX_EVENTS",
+        default_value_t = 10_000
+    )]
     pub max_events: usize,
+
+    /// Most bytes of Kafka key and payload consumed into one batch.
+    #[arg(long = "batch-max-bytes", env = "CITYPOP_BATCH_MAX_BYTES", default_value_t = 5 * 1024 * 1024)]
     pub max_bytes: usize,
+
+    /// How long a batch's first event waits for more before the batch may be
+    /// written. While the previous batch is still being written, the next one keeps
+    /// growing up to its limits.
+    #[arg(long = "batch-linger", env = "CITYPOP_BATCH_LINGER", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub linger: Duration,
 }
 
@@ -25,8 +42,7 @@ pub struct BatchLimits {
 #[derive(Debug)]
 pub struct Poison {
     pub message: OwnedMessage,
-    pub reason: DeadLetterReason,
-    pub error: String,
+    pub cause: PoisonCause,
 }
 
 /// The events consumed into one batch: the newest message of each city, the
@@ -35,10 +51,7 @@ pub struct Poison {
 pub struct Batch {
     pub newest: NewestPerKey,
     pub poison: Vec<Poison>,
-    /// The topic read (a batch reads one).
-    topic: String,
-    /// Per partition, the highest offset consumed.
-    highest: BTreeMap<i32, i64>,
+    pub consumed: ConsumedOffsets,
     events: usize,
     bytes: usize,
 }
@@ -48,20 +61,12 @@ impl Batch {
         self.events += 1;
         self.bytes +=
             message.payload().map_or(0, <[u8]>::len) + message.key().map_or(0, <[u8]>::len);
-        if self.topic.is_empty() {
-            self.topic = message.topic().to_owned();
-        }
-        let highest = self.highest.entry(message.partition()).or_insert(0);
-        *highest = (*highest).max(message.offset());
+        self.consumed.record(&message);
         match decode(codec, &message) {
             // The decoded write is dropped: the message is smaller, and the
             // survivors are decoded again when written.
             Decoded::Write(write) => self.newest.offer(write.key(), message),
-            Decoded::Poison { reason, error } => self.poison.push(Poison {
-                message,
-                reason,
-                error,
-            }),
+            Decoded::Poison(cause) => self.poison.push(Poison { message, cause }),
         }
     }
 
@@ -77,41 +82,12 @@ impl Batch {
     pub fn len(&self) -> usize {
         self.events
     }
-
-    /// Per partition, the next offset to read after this batch.
-    pub fn next_offsets(&self) -> TopicPartitionList {
-        next_offsets(&self.topic, &self.highest)
-    }
-
-    /// Per partition, the highest offset consumed.
-    pub fn highest_offsets(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
-        self.highest
-            .iter()
-            .map(|(&partition, &offset)| (partition, offset))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rdkafka::Timestamp;
-
-    fn message(key: &str, payload: Option<Vec<u8>>, partition: i32, offset: i64) -> OwnedMessage {
-        OwnedMessage::new(
-            payload,
-            Some(key.as_bytes().to_vec()),
-            "t".into(),
-            Timestamp::NotAvailable,
-            partition,
-            offset,
-            None,
-        )
-    }
-
-    /// A tombstone decodes without a schema: the simplest valid message.
-    fn tombstone(key: &str, partition: i32, offset: i64) -> OwnedMessage {
-        message(key, None, partition, offset)
-    }
+    use crate::testing::MessageBuilder;
 
     #[test]
     fn closes_on_count_or_bytes() {
@@ -122,14 +98,14 @@ mod tests {
             linger: Duration::from_millis(1),
         };
         let mut batch = Batch::default();
-        batch.push(&codec, tombstone("a", 0, 0));
-        batch.push(&codec, tombstone("a", 0, 1));
+        batch.push(&codec, MessageBuilder::tombstone("a").at(0, 0).build());
+        batch.push(&codec, MessageBuilder::tombstone("a").at(0, 1).build());
         assert!(!batch.is_full(&limits));
-        batch.push(&codec, tombstone("a", 0, 2));
+        batch.push(&codec, MessageBuilder::tombstone("a").at(0, 2).build());
         assert!(batch.is_full(&limits), "three events, though one city");
 
         let mut batch = Batch::default();
-        batch.push(&codec, message("k", Some(vec![0; 99]), 0, 0));
+        batch.push(&codec, MessageBuilder::new(b"k", Some(vec![0; 99])).build());
         assert!(
             batch.is_full(&limits),
             "99 payload bytes + 1 key byte reach 100"
@@ -140,18 +116,23 @@ mod tests {
     fn keeps_the_newest_message_per_city_and_every_poison() {
         let codec = Codec::new();
         let mut batch = Batch::default();
-        batch.push(&codec, tombstone("paris", 0, 3));
-        batch.push(&codec, message("paris", Some(b"not avro".to_vec()), 0, 4));
-        batch.push(&codec, tombstone("oslo", 1, 9));
-        batch.push(&codec, tombstone("paris", 0, 7));
+        batch.push(&codec, MessageBuilder::tombstone("paris").at(0, 3).build());
+        batch.push(
+            &codec,
+            MessageBuilder::new(b"paris", Some(b"not avro".to_vec()))
+                .at(0, 4)
+                .build(),
+        );
+        batch.push(&codec, MessageBuilder::tombstone("oslo").at(1, 9).build());
+        batch.push(&codec, MessageBuilder::tombstone("paris").at(0, 7).build());
         assert_eq!(batch.len(), 4);
         assert_eq!(batch.newest.len(), 2);
         assert_eq!(batch.newest.get("paris").map(Message::offset), Some(7));
         assert_eq!(batch.poison.len(), 1, "a newer write does not hide poison");
         assert_eq!(batch.poison[0].message.offset(), 4);
         assert_eq!(
-            batch.highest_offsets().collect::<Vec<_>>(),
-            [(0, 7), (1, 9)]
+            batch.consumed.next_positions().collect::<Vec<_>>(),
+            [(0, 8), (1, 10)]
         );
     }
 }

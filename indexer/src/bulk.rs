@@ -1,5 +1,5 @@
-//! Stages 5 and 6: the `_bulk` request with external versions, and the judgement of
-//! its response item by item.
+//! Stages 5 and 6, bulk write and classify: the `_bulk` request with external
+//! versions, and the judgement of its response item by item.
 
 use bytes::Bytes;
 use elasticsearch::{BulkParts, Elasticsearch};
@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::decode::Write;
 
-/// What became of one document of a bulk request.
+/// The final outcome of one document: nothing here is to be tried again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ItemOutcome {
     Created,
@@ -16,33 +16,72 @@ pub enum ItemOutcome {
     Deleted,
     /// A version conflict: the index already holds this event or a newer one.
     Stale,
-    /// The engine is overloaded or failing (429, 5xx): send the item again.
-    Retry(String),
     /// The engine refused the document itself (other 4xx): dead-letter it.
     Rejected(String),
 }
 
+/// What one bulk request did to one document: a final outcome, or a reason to send
+/// it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemAttempt {
+    Done(ItemOutcome),
+    /// The engine is overloaded or failing (429, 5xx, a write block): send the item
+    /// again.
+    Retry(String),
+}
+
 /// The whole request failed: nothing is known about any item, so all are retried.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
 pub struct RequestFailed(pub String);
 
+/// How many documents go into one bulk request, and how many requests are in
+/// flight at once.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct BulkLimits {
+    /// Most documents in one bulk request.
+    #[arg(
+        long = "bulk-max-documents",
+        env = "CITYPOP_BULK_MAX_DOCUMENTS",
+        default_value_t = 5000
+    )]
+    pub documents: usize,
+
+    /// Bulk requests in flight at once. Two keep the engine busy while the next
+    /// request is built. A batch holds one write per city, so its requests never
+    /// race on a document.
+    #[arg(
+        long = "bulk-concurrency",
+        env = "CITYPOP_BULK_CONCURRENCY",
+        default_value_t = 2
+    )]
+    pub concurrency: usize,
+}
+
+/// The engine as the indexer writes to it: one bulk request of versioned writes,
+/// answered with one attempt result per write, in the same order.
+pub(crate) trait BulkSink {
+    async fn send(&self, writes: &[&Write]) -> Result<Vec<ItemAttempt>, RequestFailed>;
+}
+
+/// The real engine, written to through an alias or an index.
 pub struct BulkWriter {
     client: Elasticsearch,
-    alias: String,
+    target: String,
 }
 
 impl BulkWriter {
-    pub fn new(client: Elasticsearch, alias: String) -> Self {
-        Self { client, alias }
+    pub fn new(client: Elasticsearch, target: String) -> Self {
+        Self { client, target }
     }
+}
 
-    /// Sends the writes through the alias; outcomes come back in the same order.
-    pub async fn send(&self, writes: &[&Write]) -> Result<Vec<ItemOutcome>, RequestFailed> {
+impl BulkSink for BulkWriter {
+    async fn send(&self, writes: &[&Write]) -> Result<Vec<ItemAttempt>, RequestFailed> {
         let body = encode(writes);
         let response = self
             .client
-            .bulk(BulkParts::Index(&self.alias))
+            .bulk(BulkParts::Index(&self.target))
             // Only what `classify` reads: the full answer repeats the index name,
             // shard counts and sequence numbers for every item, which the engine
             // spends time writing and the indexer reading.
@@ -133,7 +172,8 @@ struct BulkResponse {
     items: Vec<std::collections::HashMap<String, ItemResult>>,
 }
 
-pub fn classify(item: &ItemResult, is_delete: bool) -> ItemOutcome {
+pub fn classify(item: &ItemResult, is_delete: bool) -> ItemAttempt {
+    use ItemAttempt::{Done, Retry};
     let error = || match &item.error {
         // `type: reason` is what an operator needs; the nested `caused_by` can echo
         // the whole request back.
@@ -147,11 +187,11 @@ pub fn classify(item: &ItemResult, is_delete: bool) -> ItemOutcome {
         None => format!("status {}", item.status),
     };
     match item.status {
-        200..=299 if is_delete => ItemOutcome::Deleted,
-        200..=299 if item.result.as_deref() == Some("created") => ItemOutcome::Created,
-        200..=299 => ItemOutcome::Updated,
-        409 => ItemOutcome::Stale,
-        429 | 500..=599 => ItemOutcome::Retry(error()),
+        200..=299 if is_delete => Done(ItemOutcome::Deleted),
+        200..=299 if item.result.as_deref() == Some("created") => Done(ItemOutcome::Created),
+        200..=299 => Done(ItemOutcome::Updated),
+        409 => Done(ItemOutcome::Stale),
+        429 | 500..=599 => Retry(error()),
         // A write block is the engine's way of saying "not now": the disk
         // flood-stage guard sets one, and so does a replay while it swaps the alias.
         403 if item
@@ -159,9 +199,9 @@ pub fn classify(item: &ItemResult, is_delete: bool) -> ItemOutcome {
             .as_ref()
             .is_some_and(|e| e["type"] == "cluster_block_exception") =>
         {
-            ItemOutcome::Retry(error())
+            Retry(error())
         }
-        _ => ItemOutcome::Rejected(error()),
+        _ => Done(ItemOutcome::Rejected(error())),
     }
 }
 
@@ -189,34 +229,35 @@ mod tests {
 
     #[test]
     fn items_are_classified_by_status() {
+        let done = |outcome| ItemAttempt::Done(outcome);
         assert_eq!(
             classify(&item(201, Some("created")), false),
-            ItemOutcome::Created
+            done(ItemOutcome::Created)
         );
         assert_eq!(
             classify(&item(200, Some("updated")), false),
-            ItemOutcome::Updated
+            done(ItemOutcome::Updated)
         );
         assert_eq!(
             classify(&item(200, Some("updated")), true),
-            ItemOutcome::Deleted
+            done(ItemOutcome::Deleted)
         );
-        assert_eq!(classify(&item(409, None), false), ItemOutcome::Stale);
+        assert_eq!(classify(&item(409, None), false), done(ItemOutcome::Stale));
         assert!(matches!(
             classify(&item(429, None), false),
-            ItemOutcome::Retry(_)
+            ItemAttempt::Retry(_)
         ));
         assert!(matches!(
             classify(&item(503, None), false),
-            ItemOutcome::Retry(_)
+            ItemAttempt::Retry(_)
         ));
         assert!(matches!(
             classify(&item(400, None), false),
-            ItemOutcome::Rejected(_)
+            ItemAttempt::Done(ItemOutcome::Rejected(_))
         ));
         assert!(matches!(
             classify(&item(404, None), false),
-            ItemOutcome::Rejected(_)
+            ItemAttempt::Done(ItemOutcome::Rejected(_))
         ));
     }
 

@@ -1,4 +1,4 @@
-//! Stage 4: of the events of one city in a batch only the newest needs writing; the
+//! Stage 4, coalesce: of the events of one city in a batch only the newest needs writing; the
 //! older ones would be refused as stale anyway. Coalescing as messages arrive keeps
 //! a batch's memory to one message per city.
 
@@ -46,18 +46,10 @@ impl NewestPerKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rdkafka::Timestamp;
+    use crate::testing::MessageBuilder;
 
     fn message(offset: i64) -> OwnedMessage {
-        OwnedMessage::new(
-            None,
-            None,
-            "t".into(),
-            Timestamp::NotAvailable,
-            0,
-            offset,
-            None,
-        )
+        MessageBuilder::tombstone("k").at(0, offset).build()
     }
 
     #[test]

@@ -1,3 +1,7 @@
+//! The indexer's settings: one struct, with each concern's settings flattened in
+//! from the module of the stage that uses them; every one is a flag and a
+//! `CITYPOP_*` environment variable.
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -5,7 +9,10 @@ use std::time::Duration;
 use citypop_runtime::{EngineArgs, KafkaArgs, LogArgs};
 
 use crate::batch::BatchLimits;
-use crate::decode::DeadLetterReason;
+use crate::bulk::BulkLimits;
+use crate::dead_letter::{DeadLetterArgs, DeadLetterReason};
+use crate::index_admin::IndexArgs;
+use crate::retry::RetryPolicy;
 
 /// citypop indexer: consumes city updates from Kafka and writes them to the search
 /// index in versioned bulk requests, with retries and a dead-letter topic. Without a
@@ -40,66 +47,23 @@ pub struct Config {
     #[arg(long, env = "CITYPOP_GROUP_INSTANCE_ID")]
     pub group_instance_id: Option<String>,
 
-    /// Dead-letter topic [default: <topic>.dlq].
-    #[arg(long, env = "CITYPOP_DLQ_TOPIC")]
-    pub dlq_topic: Option<String>,
+    #[command(flatten)]
+    pub dead_letters: DeadLetterArgs,
 
-    /// Partitions of the main topic when the indexer creates it; fixed afterwards,
-    /// since a city's partition must never change.
-    #[arg(long, env = "CITYPOP_TOPIC_PARTITIONS", default_value_t = 12)]
-    pub topic_partitions: i32,
+    #[command(flatten)]
+    pub topics: TopicArgs,
 
-    /// Replication factor of topics the indexer creates; -1 takes the broker's default.
-    #[arg(long, env = "CITYPOP_TOPIC_REPLICATION_FACTOR", default_value_t = -1, allow_negative_numbers = true)]
-    pub topic_replication_factor: i32,
+    #[command(flatten)]
+    pub index: IndexArgs,
 
-    /// Primary shards of each index.
-    #[arg(long, env = "CITYPOP_INDEX_SHARDS", default_value_t = 1)]
-    pub index_shards: u32,
+    #[command(flatten)]
+    pub batch: BatchLimits,
 
-    /// Replicas of each index.
-    #[arg(long, env = "CITYPOP_INDEX_REPLICAS", default_value_t = 1)]
-    pub index_replicas: u32,
+    #[command(flatten)]
+    pub bulk: BulkLimits,
 
-    /// Most events consumed into one batch. Of a city's events in a batch only the
-    /// newest is written, so while the indexer is behind, larger batches mean less
-    /// to write. A batch is written as bulk requests of at most
-    /// `--bulk-max-documents`.
-    #[arg(long, env = "CITYPOP_BATCH_MAX_EVENTS", default_value_t = 10_000)]
-    pub batch_max_events: usize,
-
-    /// Most bytes of Kafka key and payload consumed into one batch.
-    #[arg(long, env = "CITYPOP_BATCH_MAX_BYTES", default_value_t = 5 * 1024 * 1024)]
-    pub batch_max_bytes: usize,
-
-    /// How long a batch's first event waits for more before the batch may be
-    /// written. While the previous batch is still being written, the next one keeps
-    /// growing up to its limits.
-    #[arg(long, env = "CITYPOP_BATCH_LINGER", default_value = "50ms", value_parser = humantime::parse_duration)]
-    pub batch_linger: Duration,
-
-    /// Most documents in one bulk request.
-    #[arg(long, env = "CITYPOP_BULK_MAX_DOCUMENTS", default_value_t = 5000)]
-    pub bulk_max_documents: usize,
-
-    /// Bulk requests in flight at once. Two keep the engine busy while the next
-    /// request is built. A batch holds one write per city, so its requests never
-    /// race on a document.
-    #[arg(long, env = "CITYPOP_BULK_CONCURRENCY", default_value_t = 2)]
-    pub bulk_concurrency: usize,
-
-    /// First delay before retrying a failed bulk request.
-    #[arg(long, env = "CITYPOP_RETRY_MIN_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
-    pub retry_min_delay: Duration,
-
-    /// Cap on the delay between retries (exponential, full jitter).
-    #[arg(long, env = "CITYPOP_RETRY_MAX_DELAY", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub retry_max_delay: Duration,
-
-    /// Retries of one bulk request before the indexer exits (0 = retry forever).
-    /// Exiting loses nothing: uncommitted events are consumed again on restart.
-    #[arg(long, env = "CITYPOP_RETRY_MAX_ATTEMPTS", default_value_t = 0)]
-    pub retry_max_attempts: usize,
+    #[command(flatten)]
+    pub retry: RetryPolicy,
 
     /// How often stored offsets are committed to Kafka.
     #[arg(long, env = "CITYPOP_COMMIT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -121,19 +85,26 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn batch_limits(&self) -> BatchLimits {
-        BatchLimits {
-            max_events: self.batch_max_events,
-            max_bytes: self.batch_max_bytes,
-            linger: self.batch_linger,
-        }
-    }
-
     pub fn dlq_topic(&self) -> String {
-        self.dlq_topic
-            .clone()
-            .unwrap_or_else(|| format!("{}.dlq", self.kafka.topic))
+        self.dead_letters.topic(&self.kafka.topic)
     }
+}
+
+/// How the indexer creates the topics it needs.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct TopicArgs {
+    /// Partitions of the main topic when the indexer creates it; fixed afterwards,
+    /// since a city's partition must never change.
+    #[arg(
+        long = "topic-partitions",
+        env = "CITYPOP_TOPIC_PARTITIONS",
+        default_value_t = 12
+    )]
+    pub partitions: i32,
+
+    /// Replication factor of topics the indexer creates; -1 takes the broker's default.
+    #[arg(long = "topic-replication-factor", env = "CITYPOP_TOPIC_REPLICATION_FACTOR", default_value_t = -1, allow_negative_numbers = true)]
+    pub replication_factor: i32,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -198,4 +169,24 @@ pub struct DlqRedriveArgs {
     /// Count what would be republished and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn the_settings_parse_with_their_documented_defaults() {
+        Config::command().debug_assert();
+        let config = Config::parse_from(["indexer"]);
+        assert_eq!(config.dlq_topic(), "city-updates.dlq");
+        assert_eq!(config.batch.max_events, 10_000);
+        assert_eq!(config.batch.linger, Duration::from_millis(50));
+        assert_eq!(config.bulk.documents, 5000);
+        assert_eq!(config.retry.max_delay, Duration::from_secs(30));
+        assert_eq!(config.topics.partitions, 12);
+        assert_eq!(config.index.replicas, 1);
+    }
 }

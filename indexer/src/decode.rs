@@ -1,5 +1,5 @@
-//! Stage 3: turning a Kafka message into the document write it asks for, or naming
-//! why it is poison.
+//! Stage 2, decode: turning a Kafka message into the document write it asks for, or
+//! naming why it is poison.
 
 use citypop_schemas::CityKey;
 use citypop_schemas::document::CityDocument;
@@ -7,32 +7,7 @@ use citypop_schemas::event::{self, Codec, DecodeError};
 use rdkafka::Message;
 use rdkafka::message::{Headers, OwnedMessage};
 
-/// Why a message went to the dead-letter topic; the value of `citypop.dlq.reason`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
-pub enum DeadLetterReason {
-    /// Not a citypop event: bad key, not single-object encoded, corrupt body.
-    Decode,
-    /// Written with a schema this indexer does not know.
-    Schema,
-    /// The engine refused the document (a mapping error, say).
-    Rejected,
-}
-
-impl DeadLetterReason {
-    pub const ALL: [Self; 3] = [Self::Decode, Self::Schema, Self::Rejected];
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.as_str() == text)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Decode => "decode",
-            Self::Schema => "schema",
-            Self::Rejected => "rejected",
-        }
-    }
-}
+use crate::dead_letter::{DeadLetterReason, PoisonCause};
 
 /// One document write, versioned by the offset of the message it came from.
 #[derive(Debug, Clone)]
@@ -55,16 +30,13 @@ impl Write {
 #[derive(Debug)]
 pub enum Decoded {
     Write(Write),
-    Poison {
-        reason: DeadLetterReason,
-        error: String,
-    },
+    Poison(PoisonCause),
 }
 
 pub fn decode(codec: &Codec, message: &OwnedMessage) -> Decoded {
     match try_decode(codec, message) {
         Ok(write) => Decoded::Write(write),
-        Err((reason, error)) => Decoded::Poison { reason, error },
+        Err((reason, error)) => Decoded::Poison(PoisonCause { reason, error }),
     }
 }
 
@@ -143,24 +115,13 @@ fn header_text(message: &OwnedMessage, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::MessageBuilder;
     use citypop_schemas::event::CityPopulationUpdated;
-    use rdkafka::Timestamp;
-    use rdkafka::message::{Header, OwnedHeaders};
 
-    fn message(
-        key: &[u8],
-        payload: Option<Vec<u8>>,
-        headers: Option<OwnedHeaders>,
-    ) -> OwnedMessage {
-        OwnedMessage::new(
-            payload,
-            Some(key.to_vec()),
-            "t".into(),
-            Timestamp::CreateTime(5),
-            2,
-            40,
-            headers,
-        )
+    fn message(key: &[u8], payload: Option<Vec<u8>>) -> MessageBuilder {
+        MessageBuilder::new(key, payload)
+            .at(2, 40)
+            .created_at_millis(5)
     }
 
     fn event(city: &str) -> CityPopulationUpdated {
@@ -176,7 +137,8 @@ mod tests {
     fn an_event_becomes_a_versioned_document() {
         let codec = Codec::new();
         let payload = codec.encode(&event("Paris")).unwrap();
-        let Decoded::Write(write) = decode(&codec, &message(b"paris", Some(payload), None)) else {
+        let Decoded::Write(write) = decode(&codec, &message(b"paris", Some(payload)).build())
+        else {
             panic!("expected a write");
         };
         assert_eq!(write.key(), "paris");
@@ -188,17 +150,11 @@ mod tests {
 
     #[test]
     fn a_tombstone_becomes_a_soft_delete() {
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: event::HEADER_EVENT_ID,
-                value: Some("e1"),
-            })
-            .insert(Header {
-                key: event::HEADER_OCCURRED_AT,
-                value: Some("123"),
-            });
-        let Decoded::Write(write) = decode(&Codec::new(), &message(b"paris", None, Some(headers)))
-        else {
+        let tombstone = message(b"paris", None)
+            .header(event::HEADER_EVENT_ID, "e1")
+            .header(event::HEADER_OCCURRED_AT, "123")
+            .build();
+        let Decoded::Write(write) = decode(&Codec::new(), &tombstone) else {
             panic!("expected a write");
         };
         assert!(write.document.deleted);
@@ -209,27 +165,27 @@ mod tests {
     #[test]
     fn poison_is_classified() {
         let codec = Codec::new();
-        let reason = |m: OwnedMessage| match decode(&codec, &m) {
-            Decoded::Poison { reason, .. } => reason,
+        let reason = |m: MessageBuilder| match decode(&codec, &m.build()) {
+            Decoded::Poison(cause) => cause.reason,
             Decoded::Write(_) => panic!("expected poison"),
         };
         let good = codec.encode(&event("Paris")).unwrap();
         assert_eq!(
-            reason(message(b"paris", Some(b"{}".to_vec()), None)),
+            reason(message(b"paris", Some(b"{}".to_vec()))),
             DeadLetterReason::Decode
         );
         assert_eq!(
-            reason(message(b"Paris", Some(good.clone()), None)),
+            reason(message(b"Paris", Some(good.clone()))),
             DeadLetterReason::Decode
         );
         assert_eq!(
-            reason(message(b"lyon", Some(good.clone()), None)),
+            reason(message(b"lyon", Some(good.clone()))),
             DeadLetterReason::Decode
         );
         let mut unknown = good;
         unknown[2] ^= 0xff;
         assert_eq!(
-            reason(message(b"paris", Some(unknown), None)),
+            reason(message(b"paris", Some(unknown))),
             DeadLetterReason::Schema
         );
     }

@@ -11,7 +11,7 @@ use anyhow::Context;
 use elasticsearch::{Elasticsearch, SearchParts};
 use serde_json::{Value, json};
 
-use crate::consume::OffsetReader;
+use crate::offsets::OffsetReader;
 
 /// The most partitions the version query reports on; far above any real topic.
 const MAX_PARTITIONS: u32 = 10_000;

@@ -12,28 +12,39 @@
 //!   goes to the dead-letter topic with its original key, value and headers.
 //! - On SIGTERM it stops fetching, finishes the batch in flight, commits and exits.
 //!
-//! The stages, one module each: [`consume`] → [`decode`] → [`batch`] →
-//! [`coalesce`] → [`bulk`] → [`dead_letter`] → [`commit`], joined in [`pipeline`];
-//! [`guard`] refuses to write into an index built from an earlier incarnation of
-//! the topic.
+//! The stages, in the order the code runs them, one module each:
+//! [`consumer`] (the group member) → [`decode`] → [`batch`] (gathered by [`fetch`])
+//! → [`coalesce`] → [`bulk`] (write, then classify each item) → [`dead_letter`] →
+//! [`offsets`] (store, then commit). [`batch_writer`] runs the write stages for a
+//! batch, with [`retry`]; [`pipeline`] is the one fetch-and-write loop, run by the
+//! live indexer ([`live`]) and by `indexer replay` ([`cmd::replay`]). [`guard`]
+//! refuses to write into an index built from an earlier incarnation of the topic;
+//! [`setup`] and [`index_admin`] create what the indexer needs.
 
 pub mod batch;
+pub mod batch_writer;
 pub mod bulk;
 pub mod cmd;
 pub mod coalesce;
-pub mod commit;
 pub mod config;
-pub mod consume;
+pub mod consumer;
 pub mod dead_letter;
 pub mod decode;
+pub mod fetch;
 pub mod guard;
 pub mod health;
+pub mod index_admin;
+pub mod live;
 pub mod metrics;
+pub mod offsets;
 pub mod pipeline;
-pub mod process;
+pub mod progress;
 pub mod retry;
 pub mod setup;
+#[cfg(test)]
+mod testing;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -44,9 +55,9 @@ use tokio::sync::watch;
 pub use config::Config;
 
 /// The codec: every published schema, plus the writer schemas in `schema_dir`.
-pub fn codec(config: &Config) -> anyhow::Result<Codec> {
+pub fn codec(schema_dir: Option<&Path>) -> anyhow::Result<Codec> {
     let mut codec = Codec::new();
-    let Some(dir) = &config.schema_dir else {
+    let Some(dir) = schema_dir else {
         return Ok(codec);
     };
     let entries = std::fs::read_dir(dir)
@@ -95,40 +106,42 @@ pub async fn run(
     tokio::select! {
         result = async {
             setup::ensure_topics(&config).await?;
-            setup::ensure_index(&client, &config).await
+            setup::ensure_index(&config).await
         } => result?,
         _ = waiting.changed() => return Ok(()),
     }
     health.set_up_done();
 
-    let pipeline = pipeline::Pipeline {
-        consumer: Arc::new(consume::create_consumer(&config, metrics.clone())?),
-        processor: process::Processor::for_config(
-            &config,
-            client.clone(),
-            config.engine.index_alias.clone(),
+    let retry = retry::Retry::new(config.retry, aborted.clone());
+    let alias = config.engine.index_alias.clone();
+    let indexer = live::LiveIndexer {
+        consumer: Arc::new(consumer::create_consumer(&config, metrics.clone())?),
+        writer: batch_writer::BatchWriter::new(
+            Arc::new(codec(config.schema_dir.as_deref())?),
+            bulk::BulkWriter::new(client.clone(), alias.clone()),
+            dead_letter::DeadLetters::new(&config.kafka, config.dlq_topic(), retry.clone())?,
+            retry,
             metrics.clone(),
-        )?,
-        dead_letters: dead_letter::DeadLetters::new(&config.kafka, config.dlq_topic())?,
+            config.bulk,
+        ),
         guard: guard::TopicGuard {
-            offsets: consume::OffsetReader::new(&config.kafka)?,
+            offsets: offsets::OffsetReader::new(&config.kafka)?,
             client,
-            alias: config.engine.index_alias.clone(),
+            alias: alias.clone(),
             topic: config.kafka.topic.clone(),
         },
-        limits: config.batch_limits(),
+        limits: config.batch,
         health,
         metrics,
-        paused: watch::channel(false).0,
     };
     tracing::info!(
         topic = %config.kafka.topic,
         group = %config.consumer_group,
-        alias = %config.engine.index_alias,
+        %alias,
         "indexer consuming"
     );
-    pipeline
-        .run(pipeline::Signals {
+    indexer
+        .run(live::Signals {
             stop: stopped,
             abort: aborted,
         })

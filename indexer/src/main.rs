@@ -1,3 +1,5 @@
+//! The `indexer` binary: parses the settings and runs the indexer or a command.
+
 use citypop_indexer::Config;
 use citypop_indexer::config::{Command, DlqCommand};
 use clap::Parser;

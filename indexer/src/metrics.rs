@@ -1,5 +1,6 @@
 //! The indexer's counters, one set per process, exported on `/metrics`.
 
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -7,14 +8,84 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use rdkafka::statistics::Statistics;
 
-type Labels = [(&'static str, &'static str); 1];
-type PartitionLabels = [(&'static str, String); 1];
+use crate::dead_letter::DeadLetterReason;
+
+/// What became of a document written to the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IndexedResult {
+    Created,
+    Updated,
+    Deleted,
+    /// A version conflict: already indexed, or something newer is.
+    Stale,
+}
+
+impl IndexedResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Updated => "updated",
+            Self::Deleted => "deleted",
+            Self::Stale => "stale",
+        }
+    }
+}
+
+/// What a bulk retry was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetryReason {
+    /// The whole request failed.
+    Request,
+    /// Some items were answered 429 or 5xx.
+    Item,
+}
+
+impl RetryReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Request => "request",
+            Self::Item => "item",
+        }
+    }
+}
+
+/// Label values are written as the lower-case names dashboards and alerts use.
+macro_rules! label_value_as_str {
+    ($($label:ty),*) => {$(
+        impl EncodeLabelValue for $label {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+                std::fmt::Write::write_str(encoder, self.as_str())
+            }
+        }
+    )*};
+}
+label_value_as_str!(IndexedResult, RetryReason, DeadLetterReason);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IndexedLabels {
+    result: IndexedResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RetryLabels {
+    reason: RetryReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DeadLetterLabels {
+    reason: DeadLetterReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PartitionLabels {
+    partition: i32,
+}
 
 pub struct Metrics {
     consumed: Counter,
-    indexed: Family<Labels, Counter>,
-    retries: Family<Labels, Counter>,
-    dead_letters: Family<Labels, Counter>,
+    indexed: Family<IndexedLabels, Counter>,
+    retries: Family<RetryLabels, Counter>,
+    dead_letters: Family<DeadLetterLabels, Counter>,
     bulk_documents: Histogram,
     bulk_duration: Histogram,
     end_to_end_latency: Histogram,
@@ -102,18 +173,20 @@ impl Metrics {
         self.consumed.inc_by(count as u64);
     }
 
-    pub fn indexed(&self, result: &'static str) {
-        self.indexed.get_or_create(&[("result", result)]).inc();
+    pub fn indexed(&self, result: IndexedResult) {
+        self.indexed.get_or_create(&IndexedLabels { result }).inc();
     }
 
-    pub fn retried(&self, reason: &'static str, count: usize) {
+    pub fn retried(&self, reason: RetryReason, count: usize) {
         self.retries
-            .get_or_create(&[("reason", reason)])
+            .get_or_create(&RetryLabels { reason })
             .inc_by(count as u64);
     }
 
-    pub fn dead_lettered(&self, reason: &'static str) {
-        self.dead_letters.get_or_create(&[("reason", reason)]).inc();
+    pub fn dead_lettered(&self, reason: DeadLetterReason) {
+        self.dead_letters
+            .get_or_create(&DeadLetterLabels { reason })
+            .inc();
     }
 
     pub fn bulk_sent(&self, documents: usize, seconds: f64) {
@@ -135,7 +208,9 @@ impl Metrics {
                 if partition.partition < 0 || !partition.desired {
                     continue;
                 }
-                let labels = [("partition", partition.partition.to_string())];
+                let labels = PartitionLabels {
+                    partition: partition.partition,
+                };
                 if partition.consumer_lag >= 0 {
                     self.consumer_lag
                         .get_or_create(&labels)

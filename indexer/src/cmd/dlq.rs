@@ -5,16 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::Message;
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::config::{Config, DlqListArgs, DlqRedriveArgs};
-use crate::consume::OffsetReader;
-use crate::dead_letter;
-use crate::decode::DeadLetterReason;
+use crate::dead_letter::{self, DeadLetterReason};
+use crate::offsets::{self, OffsetReader};
 
 /// Header a redriven message carries on the main topic: where it was dead-lettered.
 pub const HEADER_REDRIVEN_FROM: &str = "citypop.redriven_from";
@@ -67,12 +66,10 @@ fn header_text(message: &BorrowedMessage<'_>, name: &str) -> Option<String> {
 /// A consumer that reads by assignment. `group` is only used by redrive, to keep
 /// its position; nothing is committed automatically.
 fn reader(config: &Config, group: &str) -> anyhow::Result<Arc<StreamConsumer>> {
-    let consumer: StreamConsumer = config
-        .kafka
-        .client_config("citypop-indexer-dlq-admin")
+    let mut client_config = config.kafka.client_config("citypop-indexer-dlq-admin");
+    offsets::configure_manual(&mut client_config);
+    let consumer: StreamConsumer = client_config
         .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .create()
         .context("creating the dead-letter reader")?;
@@ -96,11 +93,7 @@ async fn read_to_end(
         .iter()
         .map(|(&p, &(low, _))| (p, start(p).unwrap_or(low).max(low)))
         .collect();
-    let mut assignment = TopicPartitionList::new();
-    for (&partition, &offset) in &next {
-        assignment.add_partition_offset(topic, partition, Offset::Offset(offset))?;
-    }
-    consumer.assign(&assignment)?;
+    offsets::assign(consumer.as_ref(), topic, &next)?;
     while next.iter().any(|(p, n)| *n < ends[p]) {
         let message = tokio::time::timeout(READ_TIMEOUT, consumer.recv())
             .await
@@ -112,7 +105,7 @@ async fn read_to_end(
             each(&message);
         }
         if let Some(n) = next.get_mut(&partition) {
-            *n = (*n).max(message.offset() + 1);
+            *n = (*n).max(offsets::next_after(message.offset()));
         }
     }
     Ok(ends)
@@ -212,12 +205,8 @@ pub async fn redrive(config: &Config, args: &DlqRedriveArgs) -> anyhow::Result<(
             *counts.redriven.entry(reason.as_str()).or_default() += 1;
         }
         // Every republish above is acknowledged; only now may the group move on.
-        let mut positions = TopicPartitionList::new();
-        for (&partition, &end) in &ends {
-            positions.add_partition_offset(&dlq_topic, partition, Offset::Offset(end))?;
-        }
-        consumer
-            .commit(&positions, CommitMode::Sync)
+        offsets::commit_positions(consumer.clone(), &dlq_topic, &ends)
+            .await
             .with_context(|| format!("committing the redrive position of {group}"))?;
     }
     let total: u64 = counts.redriven.values().sum();
@@ -226,11 +215,7 @@ pub async fn redrive(config: &Config, args: &DlqRedriveArgs) -> anyhow::Result<(
     } else {
         "redriven"
     };
-    let detail: Vec<String> = counts
-        .redriven
-        .iter()
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect();
+    let detail = dead_letter::counts_by_reason(&counts.redriven);
     println!(
         "{verb} {total} dead letters from {dlq_topic} to {} ({}); {} examined",
         config.kafka.topic,
@@ -246,22 +231,7 @@ async fn committed_offsets(
     topic: &str,
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
     let marks = OffsetReader::new(&config.kafka)?.watermarks(topic).await?;
-    let mut list = TopicPartitionList::new();
-    for &partition in marks.keys() {
-        list.add_partition(topic, partition);
-    }
-    let consumer = consumer.clone();
-    let committed =
-        tokio::task::spawn_blocking(move || consumer.committed_offsets(list, READ_TIMEOUT))
-            .await??;
-    Ok(committed
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some((e.partition(), o)),
-            _ => None,
-        })
-        .collect())
+    offsets::committed_positions(consumer.clone(), topic, marks.into_keys()).await
 }
 
 /// The original key, value and headers go back to the main topic; the dead-letter

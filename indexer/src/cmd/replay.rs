@@ -19,38 +19,40 @@
 //! the live indexer dead-lettered them when they first arrived.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use elasticsearch::Elasticsearch;
-use elasticsearch::http::StatusCode;
-use elasticsearch::indices::{
-    IndicesCreateParts, IndicesDeleteParts, IndicesGetAliasParts, IndicesPutSettingsParts,
-    IndicesRefreshParts,
-};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::OwnedMessage;
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
-use serde_json::json;
 use tokio::sync::watch;
 
-use crate::batch::BatchLimits;
+use crate::batch::{Batch, BatchLimits};
+use crate::batch_writer::BatchWriter;
+use crate::bulk::BulkWriter;
 use crate::config::{Config, ReplayArgs};
-use crate::consume::{Gatherer, OffsetReader, handover};
-use crate::decode::DeadLetterReason;
+use crate::dead_letter::{self, PoisonCause, PoisonSink};
+use crate::index_admin::{
+    create_loading_index, delete_indexes, finish_loading, indexes_behind, put_template,
+    set_replicas, set_write_block, swap_alias,
+};
 use crate::metrics::Metrics;
-use crate::process::{Host, Interrupted, Processor};
-use crate::setup;
+use crate::offsets::{self, OffsetReader};
+use crate::pipeline::{FetchPlan, LoopEnd, LoopError, Next, Pipeline};
+use crate::progress::Progress;
+use crate::retry::{Interrupted, Retry};
 
 /// Longest wait for the next message while the end offsets are not reached yet.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How often progress is logged when stderr is not a terminal.
-const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(5);
+/// Catch-up stops once a round has at most this many bulk requests' worth left: the
+/// write block that follows then lasts about that long.
+const CATCH_UP_BULKS: i64 = 2;
+
+/// Catch-up rounds at most, for a topic written faster than replay reads.
+const CATCH_UP_ROUNDS: usize = 10;
 
 #[derive(Debug, Serialize)]
 pub struct Summary {
@@ -70,15 +72,13 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     let client = config.engine.client()?;
     let alias = config.engine.index_alias.clone();
     let topic = config.kafka.topic.clone();
+    let mut consumer_config = config.kafka.client_config("citypop-indexer-replay");
+    offsets::configure_manual(&mut consumer_config);
     let consumer: Arc<StreamConsumer> = Arc::new(
-        config
-            .kafka
-            .client_config("citypop-indexer-replay")
+        consumer_config
             // Assigned, never subscribed and never committed: the group id only
             // names this reader in the broker's logs.
             .set("group.id", format!("{}.replay", config.consumer_group))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
             .create()
             .context("creating the replay consumer")?,
     );
@@ -114,38 +114,32 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         let _ = abort.send(true);
     });
 
-    setup::put_template(&client, config).await?;
+    put_template(&client, &alias, &config.index).await?;
     create_loading_index(&client, &index).await?;
     tracing::info!(%index, %alias, events = total, "replay started");
 
     let started = Instant::now();
+    let metrics = Arc::new(Metrics::register(
+        &mut prometheus_client::registry::Registry::default(),
+    ));
     let mut replay = Replay {
         consumer: consumer.clone(),
         offsets: offsets.clone(),
-        processor: Processor::for_config(
-            config,
-            client.clone(),
-            index.clone(),
-            Arc::new(Metrics::register(
-                &mut prometheus_client::registry::Registry::default(),
-            )),
-        )?,
-        limits: config.batch_limits(),
-        host: ReplayHost {
-            abort: aborted.clone(),
-            undecodable: Mutex::new(BTreeMap::new()),
-        },
+        writer: BatchWriter::new(
+            Arc::new(crate::codec(config.schema_dir.as_deref())?),
+            BulkWriter::new(client.clone(), index.clone()),
+            NotIndexed::default(),
+            Retry::new(config.retry, aborted.clone()),
+            metrics,
+            config.bulk,
+        ),
+        limits: config.batch,
         progress: Progress::new(total as u64),
         next: start_marks.iter().map(|(&p, &(low, _))| (p, low)).collect(),
         events: 0,
         stop: aborted,
     };
-
-    let mut assignment = TopicPartitionList::new();
-    for (&partition, &(low, _)) in &start_marks {
-        assignment.add_partition_offset(&topic, partition, Offset::Offset(low))?;
-    }
-    consumer.assign(&assignment)?;
+    offsets::assign(consumer.as_ref(), &topic, &replay.next)?;
 
     let first_ends = start_marks
         .iter()
@@ -204,13 +198,8 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         .context("reading on after the alias swap (the alias already serves the new index)")?;
     replay.progress.finish();
 
-    client
-        .indices()
-        .put_settings(IndicesPutSettingsParts::Index(&[&index]))
-        .body(json!({"index": {"number_of_replicas": config.index_replicas}}))
-        .send()
-        .await?
-        .error_for_status_code()
+    set_replicas(&client, &index, config.index.replicas)
+        .await
         .context("restoring the replicas of the new index")?;
     if args.delete_old && !previous.is_empty() {
         delete_indexes(&client, &previous).await?;
@@ -222,11 +211,7 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         index,
         previous,
         events: replay.events,
-        dead_letters: replay
-            .host
-            .undecodable
-            .into_inner()
-            .unwrap_or_else(|e| e.into_inner()),
+        dead_letters: replay.writer.poison_sink().counts(),
         duration_seconds: duration,
         events_per_second: replay.events as f64 / duration.max(1e-9),
         deleted_previous: args.delete_old,
@@ -240,11 +225,7 @@ fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let not_indexed: u64 = summary.dead_letters.values().sum();
-    let reasons: Vec<String> = summary
-        .dead_letters
-        .iter()
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect();
+    let reasons = dead_letter::counts_by_reason(&summary.dead_letters);
     println!(
         "replay done: {} events in {:.1} s ({:.0} events/s); {not_indexed} could not be indexed{}",
         summary.events,
@@ -273,22 +254,14 @@ fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {
 struct Replay {
     consumer: Arc<StreamConsumer>,
     offsets: OffsetReader,
-    processor: Processor,
+    writer: BatchWriter<BulkWriter, NotIndexed>,
     limits: BatchLimits,
-    host: ReplayHost,
     progress: Progress,
     /// Per partition, the next offset still to read.
     next: BTreeMap<i32, i64>,
     events: u64,
     stop: watch::Receiver<bool>,
 }
-
-/// Catch-up stops once a round has at most this many bulk requests' worth left: the
-/// write block that follows then lasts about that long.
-const CATCH_UP_BULKS: i64 = 2;
-
-/// Catch-up rounds at most, for a topic written faster than replay reads.
-const CATCH_UP_ROUNDS: usize = 10;
 
 impl Replay {
     /// Reads to fresh end offsets until the gap to the live end is small.
@@ -300,7 +273,7 @@ impl Replay {
                 .map(|(p, end)| (end - self.next.get(p).copied().unwrap_or(0)).max(0))
                 .sum();
             self.progress.grow(left as u64);
-            if left <= CATCH_UP_BULKS * self.processor.bulk_limits.documents as i64 {
+            if left <= CATCH_UP_BULKS * self.writer.limits().documents as i64 {
                 return Ok(());
             }
             self.read_until(&ends).await?;
@@ -311,278 +284,82 @@ impl Replay {
     /// Reads every partition up to `ends`, writing batches while the next one is
     /// gathered.
     async fn read_until(&mut self, ends: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
-        let (writer, mut batches) = handover();
-        let (consumer, limits, stop, next) =
-            (&self.consumer, &self.limits, &mut self.stop, &mut self.next);
-        let codec = &self.processor.codec;
-        let fetch = async move {
-            let gatherer = Gatherer {
-                consumer,
-                codec,
-                limits,
-            };
-            // Replay never pauses: a failing engine only slows its writes.
-            let (_pause, never_paused) = watch::channel(false);
-            let mut carried = Vec::new();
-            while ends
-                .iter()
-                .any(|(p, end)| next.get(p).copied().unwrap_or(0) < *end)
-            {
-                let batch = tokio::time::timeout(READ_TIMEOUT, gatherer.gather(&mut carried, stop))
-                    .await
-                    .with_context(|| {
-                        format!("no message within {READ_TIMEOUT:?} before the end offsets")
-                    })?;
-                let Some(mut batch) = batch else {
-                    bail!("interrupted");
-                };
-                if !gatherer
-                    .grow_until_wanted(&mut batch, &mut carried, &writer, &never_paused, stop)
-                    .await
-                {
-                    bail!("interrupted");
-                }
-                for (partition, offset) in batch.highest_offsets() {
-                    let next = next.entry(partition).or_insert(0);
-                    *next = (*next).max(offset + 1);
-                }
-                if !writer.send(batch).await {
-                    break;
-                }
-            }
-            Ok(())
+        let pipeline = Pipeline::new(&self.consumer, &self.writer, self.limits);
+        let mut plan = ReadToEnds {
+            ends,
+            next: &mut self.next,
         };
+        // Replay never pauses: a failing engine only slows its writes.
+        let (_never_paused, not_paused) = watch::channel(false);
         let (events, progress) = (&mut self.events, &mut self.progress);
-        let process = self
-            .processor
-            .write_batches(&self.host, &mut batches, |batch| {
+        let ended = pipeline
+            .run(&mut plan, &not_paused, self.stop.clone(), |batch| {
                 *events += batch.len() as u64;
                 progress.advance(batch.len() as u64);
-            });
-        tokio::pin!(fetch, process);
-        let processed = tokio::select! {
-            processed = &mut process => {
-                // Writing ended cleanly only because fetching ended: take its result
-                // (an interruption or a read timeout) too.
-                if processed.is_ok() {
-                    fetch.await?;
-                }
-                processed
+            })
+            .await;
+        match ended {
+            Ok(LoopEnd::Drained) => Ok(()),
+            Ok(LoopEnd::Stopped) | Err(LoopError::Write(Interrupted::Aborted)) => {
+                bail!("interrupted")
             }
-            fetched = &mut fetch => {
-                fetched?;
-                process.await
-            }
-        };
-        match processed {
-            Ok(()) => Ok(()),
-            Err(Interrupted::Aborted) => bail!("interrupted"),
-            Err(error) => Err(error.into()),
+            Err(LoopError::Write(error)) => Err(error.into()),
+            Err(LoopError::Fetch(error)) => Err(error),
         }
     }
 }
 
-/// Replay's side of a batch: nothing is dead-lettered again, only counted.
-struct ReplayHost {
-    abort: watch::Receiver<bool>,
-    undecodable: Mutex<BTreeMap<&'static str, u64>>,
+/// Replay's plan: read until every partition reached its end offset.
+struct ReadToEnds<'a> {
+    ends: &'a BTreeMap<i32, i64>,
+    /// Per partition, the next offset still to read.
+    next: &'a mut BTreeMap<i32, i64>,
 }
 
-impl Host for ReplayHost {
-    fn engine_writable(&self, writable: bool) {
-        if !writable {
-            tracing::warn!("the engine refuses writes; replay retries");
+impl FetchPlan for ReadToEnds<'_> {
+    async fn before_batch(&mut self, stop: &mut watch::Receiver<bool>) -> anyhow::Result<Next> {
+        if *stop.borrow() {
+            return Ok(Next::Stopped);
+        }
+        let behind = self
+            .ends
+            .iter()
+            .any(|(p, end)| self.next.get(p).copied().unwrap_or(0) < *end);
+        Ok(if behind { Next::Gather } else { Next::Drained })
+    }
+
+    fn first_message_within(&self) -> Option<Duration> {
+        Some(READ_TIMEOUT)
+    }
+
+    fn gathered(&mut self, batch: &Batch) {
+        for (partition, position) in batch.consumed.next_positions() {
+            let next = self.next.entry(partition).or_insert(0);
+            *next = (*next).max(position);
         }
     }
+}
 
-    fn abort_signal(&self) -> &watch::Receiver<bool> {
-        &self.abort
+/// Replay's poison sink: nothing is dead-lettered again, only counted by reason.
+#[derive(Default)]
+struct NotIndexed {
+    counts: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl NotIndexed {
+    fn counts(&self) -> BTreeMap<&'static str, u64> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
+}
 
-    async fn poison(
-        &self,
-        message: &OwnedMessage,
-        reason: DeadLetterReason,
-        error: &str,
-    ) -> Result<(), Interrupted> {
-        tracing::debug!(reason = reason.as_str(), %error, partition = message.partition(), offset = message.offset(), "not indexed");
-        let mut counts = self.undecodable.lock().unwrap_or_else(|e| e.into_inner());
-        *counts.entry(reason.as_str()).or_default() += 1;
+impl PoisonSink for NotIndexed {
+    async fn take(&self, message: &OwnedMessage, cause: &PoisonCause) -> Result<(), Interrupted> {
+        tracing::debug!(reason = cause.reason.as_str(), error = %cause.error, partition = message.partition(), offset = message.offset(), "not indexed");
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        *counts.entry(cause.reason.as_str()).or_default() += 1;
         Ok(())
     }
-}
-
-/// Progress on stderr: a bar on a terminal, a log line every few seconds elsewhere.
-struct Progress {
-    bar: ProgressBar,
-    interactive: bool,
-    last_log: Instant,
-}
-
-impl Progress {
-    fn new(total: u64) -> Self {
-        let interactive = std::io::stderr().is_terminal();
-        let bar = if interactive {
-            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-            if let Ok(style) = ProgressStyle::with_template(
-                "{bar:40} {human_pos}/{human_len} events  {per_sec}  eta {eta}",
-            ) {
-                bar.set_style(style);
-            }
-            bar
-        } else {
-            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden())
-        };
-        Self {
-            bar,
-            interactive,
-            last_log: Instant::now(),
-        }
-    }
-
-    fn grow(&self, more: u64) {
-        self.bar.inc_length(more);
-    }
-
-    fn advance(&mut self, events: u64) {
-        self.bar.inc(events);
-        if !self.interactive && self.last_log.elapsed() >= PROGRESS_LOG_INTERVAL {
-            self.last_log = Instant::now();
-            tracing::info!(
-                done = self.bar.position(),
-                total = self.bar.length().unwrap_or(0),
-                rate = format!("{:.0}/s", self.bar.per_sec()),
-                eta = ?self.bar.eta(),
-                "replay progress"
-            );
-        }
-    }
-
-    fn finish(&self) {
-        self.bar.finish_and_clear();
-    }
-}
-
-/// The indexes the alias points to now; none when it does not exist yet.
-async fn indexes_behind(client: &Elasticsearch, alias: &str) -> anyhow::Result<Vec<String>> {
-    let response = client
-        .indices()
-        .get_alias(IndicesGetAliasParts::Name(&[alias]))
-        .send()
-        .await?;
-    if response.status_code() == StatusCode::NOT_FOUND {
-        return Ok(Vec::new());
-    }
-    let body: serde_json::Value = response
-        .error_for_status_code()
-        .context("reading the alias")?
-        .json()
-        .await?;
-    Ok(body
-        .as_object()
-        .map(|o| o.keys().cloned().collect())
-        .unwrap_or_default())
-}
-
-/// Loading settings: no replicas to copy to and no refreshes to pay for while
-/// nothing reads the index.
-async fn create_loading_index(client: &Elasticsearch, index: &str) -> anyhow::Result<()> {
-    client
-        .indices()
-        .create(IndicesCreateParts::Index(index))
-        .body(json!({"settings": {"index": {"number_of_replicas": 0, "refresh_interval": "-1"}}}))
-        .send()
-        .await?
-        .error_for_status_code()
-        .with_context(|| format!("creating index {index}"))?;
-    Ok(())
-}
-
-/// Makes everything loaded searchable and turns refresh back on before any read can
-/// reach the index.
-async fn finish_loading(client: &Elasticsearch, index: &str) -> anyhow::Result<()> {
-    client
-        .indices()
-        .refresh(IndicesRefreshParts::Index(&[index]))
-        .send()
-        .await?
-        .error_for_status_code()
-        .context("refreshing the new index")?;
-    client
-        .indices()
-        .put_settings(IndicesPutSettingsParts::Index(&[index]))
-        .body(json!({"index": {"refresh_interval": null}}))
-        .send()
-        .await?
-        .error_for_status_code()
-        .context("turning refresh back on")?;
-    Ok(())
-}
-
-/// Blocks (or allows again) writes to `indexes`. The live indexer treats the block
-/// as transient and retries, so nothing it writes is lost.
-async fn set_write_block(
-    client: &Elasticsearch,
-    indexes: &[String],
-    blocked: bool,
-) -> anyhow::Result<()> {
-    if indexes.is_empty() {
-        return Ok(());
-    }
-    let names: Vec<&str> = indexes.iter().map(String::as_str).collect();
-    let value = if blocked {
-        json!(true)
-    } else {
-        serde_json::Value::Null
-    };
-    client
-        .indices()
-        .put_settings(IndicesPutSettingsParts::Index(&names))
-        .body(json!({"index": {"blocks": {"write": value}}}))
-        .send()
-        .await?
-        .error_for_status_code()
-        .with_context(|| {
-            format!(
-                "setting the write block of {} to {blocked}",
-                names.join(", ")
-            )
-        })?;
-    Ok(())
-}
-
-/// One `_aliases` call: the alias leaves every old index and joins the new one at
-/// the same instant, for reads and writes alike.
-async fn swap_alias(
-    client: &Elasticsearch,
-    alias: &str,
-    previous: &[String],
-    index: &str,
-) -> anyhow::Result<()> {
-    let mut actions: Vec<serde_json::Value> = previous
-        .iter()
-        .map(|old| json!({"remove": {"index": old, "alias": alias}}))
-        .collect();
-    actions.push(json!({"add": {"index": index, "alias": alias}}));
-    client
-        .indices()
-        .update_aliases()
-        .body(json!({"actions": actions}))
-        .send()
-        .await?
-        .error_for_status_code()
-        .context("swapping the alias")?;
-    Ok(())
-}
-
-async fn delete_indexes(client: &Elasticsearch, indexes: &[String]) -> anyhow::Result<()> {
-    let names: Vec<&str> = indexes.iter().map(String::as_str).collect();
-    client
-        .indices()
-        .delete(IndicesDeleteParts::Index(&names))
-        .send()
-        .await?
-        .error_for_status_code()
-        .with_context(|| format!("deleting {}", names.join(", ")))?;
-    Ok(())
 }

@@ -1,0 +1,548 @@
+//! Stages 5 to 7 for whole batches, shared by the live indexer and `indexer replay`:
+//! bulk writes with retries → classify → poison to its sink. Batches are written two
+//! at a time and reported finished in the order they arrived, so offsets are stored
+//! in order.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use citypop_schemas::event::Codec;
+use futures::stream::FuturesOrdered;
+use futures::{StreamExt, TryStreamExt};
+use rdkafka::message::OwnedMessage;
+use tokio::sync::{Semaphore, watch};
+
+use crate::batch::Batch;
+use crate::bulk::{BulkLimits, BulkSink, ItemAttempt, ItemOutcome, RequestFailed};
+use crate::dead_letter::{DeadLetterReason, PoisonCause, PoisonSink};
+use crate::decode::{Decoded, Write, decode};
+use crate::fetch::BatchReceiver;
+use crate::metrics::{IndexedResult, Metrics, RetryReason};
+use crate::retry::{Interrupted, Retry};
+
+/// Batches written at once (see [`BatchWriter::write_batches`]).
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Why one bulk attempt did not finish every write of a request.
+#[derive(Debug, thiserror::Error)]
+enum BulkFailure {
+    #[error("{0}")]
+    Request(RequestFailed),
+    #[error("{pending} documents to retry: {last_error}")]
+    Items { pending: usize, last_error: String },
+}
+
+/// Writes batches through a [`BulkSink`], handing poison to a [`PoisonSink`].
+pub(crate) struct BatchWriter<S, P> {
+    pub codec: Arc<Codec>,
+    sink: S,
+    poison: P,
+    retry: Retry,
+    metrics: Arc<Metrics>,
+    limits: BulkLimits,
+    /// Whether the engine takes writes: false from a request's first failure until
+    /// no request is failing any more.
+    writable: watch::Sender<bool>,
+    /// Bulk requests failing now.
+    failing: AtomicUsize,
+    /// One permit per bulk request allowed in flight.
+    requests: Semaphore,
+}
+
+impl<S: BulkSink, P: PoisonSink> BatchWriter<S, P> {
+    pub fn new(
+        codec: Arc<Codec>,
+        sink: S,
+        poison: P,
+        retry: Retry,
+        metrics: Arc<Metrics>,
+        limits: BulkLimits,
+    ) -> Self {
+        Self {
+            codec,
+            sink,
+            poison,
+            retry,
+            metrics,
+            limits,
+            writable: watch::channel(true).0,
+            failing: AtomicUsize::new(0),
+            requests: Semaphore::new(limits.concurrency.max(1)),
+        }
+    }
+
+    /// Follows whether the engine takes writes.
+    pub fn engine_writable(&self) -> watch::Receiver<bool> {
+        self.writable.subscribe()
+    }
+
+    pub fn poison_sink(&self) -> &P {
+        &self.poison
+    }
+
+    pub fn limits(&self) -> BulkLimits {
+        self.limits
+    }
+
+    /// Writes the batches that arrive on `batches`, two at a time, and hands each
+    /// finished one to `done` in arrival order, so offsets are stored in order.
+    /// With two, the next batch's requests start as soon as a request of the first
+    /// one ends, and the engine never waits on a batch's slowest request. Two
+    /// batches may hold the same city; its versions decide, whichever request lands
+    /// first. Returns once `batches` is closed and drained, or at the first batch
+    /// that could not be finished.
+    pub async fn write_batches(
+        &self,
+        batches: &mut BatchReceiver,
+        mut done: impl FnMut(&Batch),
+    ) -> Result<(), Interrupted> {
+        let mut in_flight = FuturesOrdered::new();
+        let mut open = true;
+        loop {
+            tokio::select! {
+                biased;
+                Some((batch, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                    result?;
+                    done(&batch);
+                }
+                received = batches.recv(), if open && in_flight.len() < BATCHES_IN_FLIGHT => match received {
+                    Some(batch) => in_flight.push_back(async move {
+                        let result = self.write(&batch).await;
+                        (batch, result)
+                    }),
+                    None => open = false,
+                },
+                else => return Ok(()),
+            }
+        }
+    }
+
+    /// Handles every message of the batch: once it returns `Ok`, each one is
+    /// indexed, stale, or taken by the poison sink, and its offsets may be stored.
+    /// The batch holds one message per city, so its bulk requests share no document
+    /// and may be in flight together in any order.
+    pub async fn write(&self, batch: &Batch) -> Result<(), Interrupted> {
+        self.metrics.consumed(batch.len());
+        for poison in &batch.poison {
+            self.take_poison(&poison.message, &poison.cause).await?;
+        }
+        let messages: Vec<&OwnedMessage> = batch.newest.messages().collect();
+        futures::stream::iter(messages.chunks(self.limits.documents.max(1)))
+            .map(|chunk| self.write_request(chunk, batch))
+            .buffer_unordered(self.limits.concurrency.max(1))
+            .try_collect()
+            .await
+    }
+
+    /// One bulk request's worth of the batch's messages, decoded (again: decoding
+    /// them when they joined the batch only chose them), written, and judged.
+    async fn write_request(
+        &self,
+        chunk: &[&OwnedMessage],
+        batch: &Batch,
+    ) -> Result<(), Interrupted> {
+        // Bounds requests in flight across both batches being written.
+        // The semaphore is never closed.
+        let _request = self
+            .requests
+            .acquire()
+            .await
+            .map_err(|_| Interrupted::Aborted)?;
+        let mut writes = Vec::with_capacity(chunk.len());
+        for message in chunk {
+            match decode(&self.codec, message) {
+                Decoded::Write(write) => writes.push(write),
+                Decoded::Poison(cause) => self.take_poison(message, &cause).await?,
+            }
+        }
+        for (write, outcome) in self.write_with_retries(writes).await? {
+            match outcome {
+                ItemOutcome::Created => self.indexed(IndexedResult::Created, &write),
+                ItemOutcome::Updated => self.indexed(IndexedResult::Updated, &write),
+                ItemOutcome::Deleted => self.indexed(IndexedResult::Deleted, &write),
+                ItemOutcome::Stale => self.metrics.indexed(IndexedResult::Stale),
+                ItemOutcome::Rejected(error) => {
+                    // Every write was decoded from the batch's message for its city.
+                    if let Some(message) = batch.newest.get(write.key()) {
+                        let cause = PoisonCause {
+                            reason: DeadLetterReason::Rejected,
+                            error,
+                        };
+                        self.take_poison(message, &cause).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands poison to the sink and counts it once the sink has it.
+    async fn take_poison(
+        &self,
+        message: &OwnedMessage,
+        cause: &PoisonCause,
+    ) -> Result<(), Interrupted> {
+        self.poison.take(message, cause).await?;
+        self.metrics.dead_lettered(cause.reason);
+        Ok(())
+    }
+
+    fn indexed(&self, result: IndexedResult, write: &Write) {
+        self.metrics.indexed(result);
+        let now = chrono::Utc::now().timestamp_micros();
+        self.metrics
+            .end_to_end((now - write.occurred_at_micros).max(0) as f64 / 1e6);
+    }
+
+    /// Sends the writes, retrying the whole request on request-level failures and
+    /// the failed items on item-level ones, until every item has a final outcome.
+    async fn write_with_retries(
+        &self,
+        writes: Vec<Write>,
+    ) -> Result<Vec<(Write, ItemOutcome)>, Interrupted> {
+        let finished = Mutex::new(Vec::with_capacity(writes.len()));
+        let pending = Mutex::new(writes);
+        let (pending_ref, finished_ref) = (&pending, &finished);
+        let mut failing = false;
+        let result = self
+            .retry
+            .run(
+                "bulk write",
+                move || async move {
+                    let writes = std::mem::take(&mut *lock(pending_ref));
+                    match self.attempt(writes).await {
+                        Attempted::AllDone(done) => {
+                            lock(finished_ref).extend(done);
+                            Ok(())
+                        }
+                        Attempted::SomeToRetry {
+                            done,
+                            retry,
+                            last_error,
+                        } => {
+                            lock(finished_ref).extend(done);
+                            let pending = retry.len();
+                            *lock(pending_ref) = retry;
+                            Err(BulkFailure::Items {
+                                pending,
+                                last_error,
+                            })
+                        }
+                        Attempted::RequestFailed { writes, error } => {
+                            *lock(pending_ref) = writes;
+                            Err(BulkFailure::Request(error))
+                        }
+                    }
+                },
+                |failure, _| {
+                    match failure {
+                        BulkFailure::Request(_) => self.metrics.retried(RetryReason::Request, 1),
+                        BulkFailure::Items { pending, .. } => {
+                            self.metrics.retried(RetryReason::Item, *pending)
+                        }
+                    }
+                    if !failing {
+                        failing = true;
+                        if self.failing.fetch_add(1, Ordering::SeqCst) == 0 {
+                            self.writable.send_replace(false);
+                        }
+                    }
+                },
+            )
+            .await;
+        if failing && self.failing.fetch_sub(1, Ordering::SeqCst) == 1 && result.is_ok() {
+            self.writable.send_replace(true);
+        }
+        result?;
+        Ok(finished.into_inner().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// One bulk request for `writes`.
+    async fn attempt(&self, writes: Vec<Write>) -> Attempted {
+        let started = Instant::now();
+        let refs: Vec<&Write> = writes.iter().collect();
+        let attempts = match self.sink.send(&refs).await {
+            Ok(attempts) => attempts,
+            Err(error) => return Attempted::RequestFailed { writes, error },
+        };
+        self.metrics
+            .bulk_sent(refs.len(), started.elapsed().as_secs_f64());
+        let mut done = Vec::with_capacity(writes.len());
+        let mut retry = Vec::new();
+        let mut last_error = None;
+        for (write, attempt) in writes.into_iter().zip(attempts) {
+            match attempt {
+                ItemAttempt::Done(outcome) => done.push((write, outcome)),
+                ItemAttempt::Retry(error) => {
+                    last_error = Some(error);
+                    retry.push(write);
+                }
+            }
+        }
+        match last_error {
+            None => Attempted::AllDone(done),
+            Some(last_error) => Attempted::SomeToRetry {
+                done,
+                retry,
+                last_error,
+            },
+        }
+    }
+}
+
+/// What one bulk request did with its writes.
+enum Attempted {
+    AllDone(Vec<(Write, ItemOutcome)>),
+    SomeToRetry {
+        done: Vec<(Write, ItemOutcome)>,
+        retry: Vec<Write>,
+        last_error: String,
+    },
+    /// Nothing is known about any item: all of them are sent again.
+    RequestFailed {
+        writes: Vec<Write>,
+        error: RequestFailed,
+    },
+}
+
+/// The lists a bulk write keeps between attempts are only touched between awaits,
+/// so a poisoned lock can only come from a panic in a test's fake.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::fetch::handover;
+    use crate::retry::RetryPolicy;
+    use crate::testing::{Answer, FakeEngine, MessageBuilder, RecordedPoison, accept};
+
+    const QUICK_RETRIES: RetryPolicy = RetryPolicy {
+        min_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(5),
+        max_attempts: 0,
+    };
+
+    fn writer(
+        engine: FakeEngine,
+        abort: watch::Receiver<bool>,
+    ) -> BatchWriter<FakeEngine, RecordedPoison> {
+        BatchWriter::new(
+            Arc::new(Codec::new()),
+            engine,
+            RecordedPoison::default(),
+            Retry::new(QUICK_RETRIES, abort),
+            Arc::new(Metrics::register(&mut Registry::default())),
+            BulkLimits {
+                documents: 100,
+                concurrency: 2,
+            },
+        )
+    }
+
+    fn not_aborted() -> watch::Receiver<bool> {
+        // The sender is dropped: the signal can never be set.
+        watch::channel(false).1
+    }
+
+    /// A batch of tombstones (the simplest valid writes): (key, partition, offset).
+    fn batch(codec: &Codec, deletes: &[(&str, i32, i64)]) -> Batch {
+        let mut batch = Batch::default();
+        for &(key, partition, offset) in deletes {
+            batch.push(
+                codec,
+                MessageBuilder::tombstone(key).at(partition, offset).build(),
+            );
+        }
+        batch
+    }
+
+    fn sorted(mut pairs: Vec<(String, i64)>) -> Vec<(String, i64)> {
+        pairs.sort();
+        pairs
+    }
+
+    fn pairs(expected: &[(&str, i64)]) -> Vec<(String, i64)> {
+        expected.iter().map(|&(k, v)| (k.to_owned(), v)).collect()
+    }
+
+    #[tokio::test]
+    async fn only_the_items_the_engine_refused_for_now_are_sent_again() {
+        let busy_paris = |w: &Write| match w.key() {
+            "paris" => ItemAttempt::Retry("429 too many requests".into()),
+            _ => accept(w),
+        };
+        let writer = writer(
+            FakeEngine::answering([Answer::Items(busy_paris)]),
+            not_aborted(),
+        );
+        let batch = batch(&writer.codec, &[("paris", 0, 1), ("oslo", 1, 2)]);
+        writer.write(&batch).await.expect("the batch is written");
+        let requests = writer.sink.requests();
+        assert_eq!(requests.len(), 2, "{requests:?}");
+        assert_eq!(
+            sorted(requests[0].clone()),
+            pairs(&[("oslo", 2), ("paris", 1)])
+        );
+        assert_eq!(requests[1], pairs(&[("paris", 1)]), "only the refused item");
+        assert!(writer.poison.taken().is_empty());
+        assert!(*writer.engine_writable().borrow(), "writable again");
+    }
+
+    #[tokio::test]
+    async fn a_failed_request_is_sent_again_whole_and_the_engine_is_unwritable_meanwhile() {
+        let writer = writer(
+            FakeEngine::answering([
+                Answer::Fail("connection refused"),
+                Answer::Fail("connection refused"),
+            ]),
+            not_aborted(),
+        );
+        let mut writable = writer.engine_writable();
+        let batch = batch(&writer.codec, &[("paris", 0, 1), ("oslo", 1, 2)]);
+        let seen_unwritable = async { writable.wait_for(|w| !*w).await.is_ok() };
+        let (written, seen_unwritable) = tokio::join!(writer.write(&batch), seen_unwritable);
+        written.expect("the batch is written once the engine answers");
+        assert!(
+            seen_unwritable,
+            "the engine counted as unwritable while failing"
+        );
+        assert!(
+            *writer.engine_writable().borrow(),
+            "and writable again after"
+        );
+        let requests: Vec<_> = writer.sink.requests().into_iter().map(sorted).collect();
+        assert_eq!(requests.len(), 3);
+        assert!(
+            requests
+                .iter()
+                .all(|r| *r == pairs(&[("oslo", 2), ("paris", 1)])),
+            "{requests:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn batches_are_reported_finished_in_the_order_they_arrived() {
+        let writer = writer(
+            // The first batch's request is slow; the second's answers at once.
+            FakeEngine::answering([Answer::Slowly(Duration::from_millis(200))]),
+            not_aborted(),
+        );
+        let (to_writer, mut batches) = handover();
+        let first = batch(&writer.codec, &[("paris", 0, 1)]);
+        let second = batch(&writer.codec, &[("oslo", 1, 2)]);
+        let mut finished = Vec::new();
+        let feeding = async {
+            assert!(to_writer.send(first).await);
+            assert!(to_writer.send(second).await);
+            drop(to_writer);
+        };
+        let (written, ()) = tokio::join!(
+            writer.write_batches(&mut batches, |batch| {
+                finished.push(batch.consumed.next_positions().collect::<Vec<_>>())
+            }),
+            feeding
+        );
+        written.expect("both batches are written");
+        assert_eq!(
+            writer.sink.answered(),
+            [pairs(&[("oslo", 2)]), pairs(&[("paris", 1)])],
+            "the second batch's request finished first"
+        );
+        assert_eq!(
+            finished,
+            [vec![(0, 2)], vec![(1, 3)]],
+            "offsets are stored in batch order all the same"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_newest_event_of_a_city_is_written_and_its_poison_kept_apart() {
+        let writer = writer(FakeEngine::default(), not_aborted());
+        let mut batch = batch(&writer.codec, &[("paris", 0, 3)]);
+        batch.push(
+            &writer.codec,
+            MessageBuilder::garbage("paris").at(0, 4).build(),
+        );
+        batch.push(
+            &writer.codec,
+            MessageBuilder::tombstone("paris").at(0, 7).build(),
+        );
+        writer.write(&batch).await.expect("written");
+        assert_eq!(writer.sink.requests(), [pairs(&[("paris", 7)])]);
+        assert_eq!(
+            writer.poison.taken(),
+            [("paris".to_owned(), 4, DeadLetterReason::Decode)]
+        );
+    }
+
+    #[tokio::test]
+    async fn poison_is_dead_lettered_in_consumption_order_then_rejected_documents() {
+        let reject_lyon = |w: &Write| match w.key() {
+            "lyon" => ItemAttempt::Done(ItemOutcome::Rejected("mapper_parsing_exception".into())),
+            _ => accept(w),
+        };
+        let writer = writer(
+            FakeEngine::answering([Answer::Items(reject_lyon)]),
+            not_aborted(),
+        );
+        let mut batch = Batch::default();
+        for message in [
+            MessageBuilder::garbage("b").at(0, 1),
+            MessageBuilder::tombstone("lyon").at(0, 2),
+            MessageBuilder::garbage("a").at(1, 3),
+            MessageBuilder::new(b"", None).at(1, 4),
+        ] {
+            batch.push(&writer.codec, message.build());
+        }
+        writer.write(&batch).await.expect("written");
+        assert_eq!(
+            writer.poison.taken(),
+            [
+                ("b".to_owned(), 1, DeadLetterReason::Decode),
+                ("a".to_owned(), 3, DeadLetterReason::Decode),
+                (String::new(), 4, DeadLetterReason::Decode),
+                ("lyon".to_owned(), 2, DeadLetterReason::Rejected),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_abort_signal_ends_a_batch_that_is_being_retried() {
+        let (abort, aborted) = watch::channel(false);
+        let down = std::iter::repeat_with(|| Answer::Fail("connection refused")).take(10_000);
+        let writer = writer(FakeEngine::answering(down), aborted);
+        let (to_writer, mut batches) = handover();
+        let mut finished = 0;
+        let feeding = async {
+            assert!(
+                to_writer
+                    .send(batch(&writer.codec, &[("paris", 0, 1)]))
+                    .await
+            );
+            // Once the engine failed a few times, the grace period ends.
+            while writer.sink.requests().len() < 3 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            abort.send(true).expect("the writer listens");
+            to_writer
+        };
+        let (written, _to_writer) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(
+                writer.write_batches(&mut batches, |_| finished += 1),
+                feeding
+            )
+        })
+        .await
+        .expect("the abort ends the retries");
+        assert!(matches!(written, Err(Interrupted::Aborted)), "{written:?}");
+        assert_eq!(finished, 0, "an abandoned batch is never reported finished");
+    }
+}

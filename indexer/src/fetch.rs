@@ -1,0 +1,174 @@
+//! Stage 3's driver, fetch: reading batches from a consumer while the previous ones
+//! are written, and handing one over each time the writer asks.
+
+use std::sync::Arc;
+
+use citypop_schemas::event::Codec;
+use rdkafka::consumer::{ConsumerContext, StreamConsumer};
+use rdkafka::message::OwnedMessage;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::batch::{Batch, BatchLimits};
+
+/// Joins fetching to writing: the fetch loop hands a batch over only when the writer
+/// asks for one, and until then the batch keeps growing. A busy writer so gets
+/// fewer, larger batches, which coalesce more: a lagging indexer writes less.
+pub fn handover() -> (BatchSender, BatchReceiver) {
+    let wanted = Arc::new(Semaphore::new(0));
+    let (sender, receiver) = mpsc::channel(1);
+    (
+        BatchSender {
+            wanted: wanted.clone(),
+            batches: sender,
+        },
+        BatchReceiver {
+            wanted,
+            batches: receiver,
+        },
+    )
+}
+
+pub struct BatchSender {
+    /// One permit per batch the writer asked for.
+    wanted: Arc<Semaphore>,
+    batches: mpsc::Sender<Batch>,
+}
+
+impl BatchSender {
+    /// Hands `batch` over; `false` once the writer is gone.
+    pub async fn send(&self, batch: Batch) -> bool {
+        self.batches.send(batch).await.is_ok()
+    }
+}
+
+pub struct BatchReceiver {
+    wanted: Arc<Semaphore>,
+    batches: mpsc::Receiver<Batch>,
+}
+
+impl BatchReceiver {
+    /// Asks for the next batch and waits for it; `None` once fetching ended.
+    pub async fn recv(&mut self) -> Option<Batch> {
+        // A request from a call given up on still stands: ask once.
+        if self.wanted.available_permits() == 0 {
+            self.wanted.add_permits(1);
+        }
+        self.batches.recv().await
+    }
+}
+
+impl Drop for BatchReceiver {
+    /// A fetch loop waiting for the writer learns it is gone.
+    fn drop(&mut self) {
+        self.wanted.close();
+    }
+}
+
+/// Reads batches from a consumer: what is read, and into what limits. Only the
+/// fetcher ever polls the consumer: two pollers can lose a wake-up and stall.
+pub struct Fetcher<'a, C: ConsumerContext + 'static> {
+    pub consumer: &'a StreamConsumer<C>,
+    pub codec: &'a Codec,
+    pub limits: BatchLimits,
+}
+
+impl<C: ConsumerContext + 'static> Fetcher<'_, C> {
+    /// Waits for a first message, then gathers more until the batch is full or the
+    /// first one has waited `linger`. The overflow of the previous batch comes
+    /// first. `None` once `stop` turned true.
+    pub async fn gather(
+        &self,
+        overflow: &mut Vec<OwnedMessage>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<Batch> {
+        let mut batch = Batch::default();
+        for message in overflow.drain(..) {
+            batch.push(self.codec, message);
+        }
+        while batch.is_empty() {
+            if *stop.borrow() {
+                return None;
+            }
+            tokio::select! {
+                received = self.consumer.recv() => match received {
+                    Ok(message) => batch.push(self.codec, message.detach()),
+                    Err(error) => tracing::warn!(%error, "kafka consume error"),
+                },
+                _ = stop.changed() => return None,
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.limits.linger;
+        while !batch.is_full(&self.limits) {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(message)) => batch.push(self.codec, message.detach()),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "kafka consume error");
+                    break;
+                }
+                Err(_linger_elapsed) => break,
+            }
+        }
+        Some(batch)
+    }
+
+    /// Goes on adding to `batch`, up to its limits, until the writer asks for it;
+    /// then the caller hands it over. While `paused` (the engine fails) the consumer
+    /// is still polled, since one silent for `max.poll.interval.ms` leaves its group;
+    /// what arrives beyond a full batch is kept in `overflow` for the next one, so
+    /// offsets stay in order. `false` once `stop` turned true or the writer is gone.
+    pub async fn grow_until_wanted(
+        &self,
+        batch: &mut Batch,
+        overflow: &mut Vec<OwnedMessage>,
+        writer: &BatchSender,
+        paused: &watch::Receiver<bool>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let mut paused = paused.clone();
+        loop {
+            let room = !batch.is_full(&self.limits);
+            tokio::select! {
+                asked = writer.wanted.acquire() => return match asked {
+                    Ok(permit) => {
+                        permit.forget();
+                        true
+                    }
+                    Err(_closed) => false,
+                },
+                received = self.consumer.recv(), if room || *paused.borrow() => match received {
+                    Ok(message) if room => batch.push(self.codec, message.detach()),
+                    Ok(message) => overflow.push(message.detach()),
+                    Err(error) => tracing::debug!(%error, "kafka consume error while waiting for the writer"),
+                },
+                Ok(()) = paused.changed() => {}
+                _ = stop.changed() => return false,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_is_wanted_only_once_the_writer_asks() {
+        let (writer, mut batches) = handover();
+        assert_eq!(writer.wanted.available_permits(), 0, "nobody asked yet");
+        let asking = tokio::spawn(async move {
+            let batch = batches.recv().await;
+            (batch.map(|b| b.len()), batches)
+        });
+        let permit = writer.wanted.acquire().await.expect("the writer asks");
+        permit.forget();
+        assert!(writer.send(Batch::default()).await);
+        let (received, batches) = asking.await.unwrap();
+        assert_eq!(received, Some(0));
+        assert_eq!(writer.wanted.available_permits(), 0, "one ask, one batch");
+        drop(batches);
+        assert!(
+            writer.wanted.acquire().await.is_err(),
+            "a fetch loop waiting for a writer that is gone stops waiting"
+        );
+    }
+}
