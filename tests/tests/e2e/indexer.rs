@@ -8,7 +8,7 @@ use crate::common::{
     CATCH_UP, Expected, expect, load, wait_for_committed, wait_for_index, wait_for_metric,
 };
 use citypop_schemas::CityKey;
-use citypop_tests::engine::{create_narrow_index, documents};
+use citypop_tests::engine::{create_index, create_narrow_index, documents, update_aliases};
 use citypop_tests::fault_proxy::FaultProxy;
 use citypop_tests::kafka::{Kafka, now_micros};
 use citypop_tests::{
@@ -527,4 +527,69 @@ async fn a_backlog_is_coalesced_to_the_newest_update_of_each_city() {
         written >= CITIES as f64 && written <= (UPDATES / 10) as f64,
         "{written} documents written for {UPDATES} updates of {CITIES} cities"
     );
+}
+
+/// An alias over two indexes with neither marked as the write index refuses every
+/// document with `400 illegal_argument_exception`: the engine's set-up is wrong, not
+/// the documents. Nothing may be dead-lettered; the indexer stops being ready and
+/// retries until the alias is fixed, then indexes everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alias_without_a_write_index_is_retried_never_dead_lettered() {
+    let stack = Stack::from_env();
+    let names = Names::unique("no-write-index");
+    let kafka = Kafka::connect(&stack.kafka);
+    let indexer = spawn_indexer(&stack, &names).await;
+    let mut expected = Expected::new();
+    load(
+        &kafka,
+        &names.topic,
+        &mut expected,
+        "Alias City",
+        100,
+        500,
+        1_000,
+    )
+    .await;
+    wait_for_index(&stack, &names.alias, &expected).await;
+
+    let second = format!("{}-second", names.alias);
+    create_index(&stack.elasticsearch, &second).await;
+    update_aliases(
+        &stack.elasticsearch,
+        serde_json::json!([{"add": {"index": second, "alias": names.alias}}]),
+    )
+    .await;
+    load(
+        &kafka,
+        &names.topic,
+        &mut expected,
+        "Alias City",
+        100,
+        500,
+        2_000,
+    )
+    .await;
+    let broken_at = Instant::now();
+    let mut saw_not_ready = false;
+    while broken_at.elapsed() < Duration::from_secs(10) {
+        saw_not_ready |= indexer.readiness().await == 503;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        saw_not_ready,
+        "/readyz answered 503 while nothing could be written"
+    );
+    assert!(
+        kafka.read_all(&format!("{}.dlq", names.topic)).is_empty(),
+        "an engine set-up error dead-lettered documents"
+    );
+
+    update_aliases(
+        &stack.elasticsearch,
+        serde_json::json!([{"remove": {"index": second, "alias": names.alias}}]),
+    )
+    .await;
+    wait_for_index(&stack, &names.alias, &expected).await;
+    assert!(kafka.read_all(&format!("{}.dlq", names.topic)).is_empty());
+    assert_eq!(indexer.readiness().await, 200, "ready again once fixed");
 }
