@@ -14,13 +14,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-/// What readiness is made of: set-up finished, the engine accepts writes, and the
-/// topic is the incarnation the index was built from. The indexer stays alive (so
+/// What readiness is made of: set-up finished, the engine accepts writes, dead
+/// letters can be written, and the topic is the incarnation the index was built
+/// from. The indexer stays alive (so
 /// its metrics can be scraped) but not ready while any of them is false.
 #[derive(Debug)]
 pub struct Health {
     set_up: AtomicBool,
     engine_writable: AtomicBool,
+    dead_letters_writable: AtomicBool,
     topic_matches: AtomicBool,
     ready_gauge: Gauge,
 }
@@ -30,6 +32,7 @@ impl Health {
         Self {
             set_up: AtomicBool::new(false),
             engine_writable: AtomicBool::new(true),
+            dead_letters_writable: AtomicBool::new(true),
             topic_matches: AtomicBool::new(true),
             ready_gauge,
         }
@@ -45,6 +48,12 @@ impl Health {
         self.publish();
     }
 
+    pub fn dead_letters_writable(&self, writable: bool) {
+        self.dead_letters_writable
+            .store(writable, Ordering::Relaxed);
+        self.publish();
+    }
+
     pub fn topic_matches(&self, matches: bool) {
         self.topic_matches.store(matches, Ordering::Relaxed);
         self.publish();
@@ -53,6 +62,7 @@ impl Health {
     pub fn is_ready(&self) -> bool {
         self.set_up.load(Ordering::Relaxed)
             && self.engine_writable.load(Ordering::Relaxed)
+            && self.dead_letters_writable.load(Ordering::Relaxed)
             && self.topic_matches.load(Ordering::Relaxed)
     }
 

@@ -119,7 +119,12 @@ pub async fn run(
         writer: batch_writer::BatchWriter::new(
             Arc::new(codec(config.schema_dir.as_deref())?),
             bulk::BulkWriter::new(client.clone(), alias.clone()),
-            dead_letter::DeadLetters::new(&config.kafka, config.dlq_topic(), retry.clone())?,
+            dead_letter::DeadLetters::new(
+                &config.kafka,
+                config.dlq_topic(),
+                retry.clone(),
+                metrics.dead_letter.clone(),
+            )?,
             retry,
             metrics.clone(),
             config.bulk,

@@ -62,6 +62,7 @@ impl LiveIndexer {
         let outcome = tokio::select! {
             outcome = indexing => outcome,
             never = self.follow_engine(&paused) => match never {},
+            never = self.follow_dead_letters() => match never {},
         };
         offsets::commit_stored(self.consumer.clone()).await;
         match outcome {
@@ -81,6 +82,20 @@ impl LiveIndexer {
             self.set_paused(paused, !now);
             if writable.changed().await.is_err() {
                 // The writer is gone, and with it any change.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Readiness follows the dead-letter topic too: while poison cannot be
+    /// recorded, nothing behind it is committed.
+    async fn follow_dead_letters(&self) -> std::convert::Infallible {
+        let mut writable = self.writer.poison_sink().writable();
+        loop {
+            let now = *writable.borrow_and_update();
+            self.health.dead_letters_writable(now);
+            self.metrics.dead_letters_writable.set(i64::from(now));
+            if writable.changed().await.is_err() {
                 std::future::pending::<()>().await;
             }
         }

@@ -8,7 +8,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use rdkafka::statistics::Statistics;
 
-use crate::dead_letter::DeadLetterReason;
+use crate::dead_letter::{DeadLetterCounters, DeadLetterReason};
 
 /// What became of a document written to the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -93,6 +93,8 @@ pub struct Metrics {
     committed_offset: Family<PartitionLabels, Gauge>,
     pub ready: Gauge,
     pub topic_recreated: Gauge,
+    pub dead_letter: DeadLetterCounters,
+    pub dead_letters_writable: Gauge,
 }
 
 impl Metrics {
@@ -109,7 +111,10 @@ impl Metrics {
             committed_offset: Family::default(),
             ready: Gauge::default(),
             topic_recreated: Gauge::default(),
+            dead_letter: DeadLetterCounters::default(),
+            dead_letters_writable: Gauge::default(),
         };
+        metrics.dead_letters_writable.set(1);
         let registry = registry.sub_registry_with_prefix("citypop_indexer");
         registry.register(
             "events_consumed",
@@ -165,6 +170,21 @@ impl Metrics {
             "topic_recreated",
             "1 while the indexer refuses to write because the topic was deleted and recreated",
             metrics.topic_recreated.clone(),
+        );
+        registry.register(
+            "dead_letter_write_failures",
+            "Dead-letter writes that failed: retried, or written as a stub when Kafka can never take them whole",
+            metrics.dead_letter.write_failures.clone(),
+        );
+        registry.register(
+            "dead_letter_stubs",
+            "Dead letters written as stubs (origin, reason, payload size and SHA-256, no payload): too large or invalid to copy whole",
+            metrics.dead_letter.stubs.clone(),
+        );
+        registry.register(
+            "dead_letters_writable",
+            "0 while dead-letter writes fail (the indexer is then not ready: nothing behind the poison can be committed)",
+            metrics.dead_letters_writable.clone(),
         );
         metrics
     }

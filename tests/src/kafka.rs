@@ -38,6 +38,9 @@ impl Kafka {
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
+            // Up to the broker's own limit (message.max.bytes, 1 MiB + 12 bytes by
+            // default), for poison just under it.
+            .set("message.max.bytes", "1048000")
             .create()
             .expect("creating the test producer");
         Self {

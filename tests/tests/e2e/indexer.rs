@@ -593,3 +593,94 @@ async fn an_alias_without_a_write_index_is_retried_never_dead_lettered() {
     assert!(kafka.read_all(&format!("{}.dlq", names.topic)).is_empty());
     assert_eq!(indexer.readiness().await, 200, "ready again once fixed");
 }
+
+/// Poison as large as the broker accepts cannot go to the dead-letter topic whole:
+/// its copy with the `citypop.dlq.*` headers is over the limit, a produce error that
+/// no retry mends. One such message must not stall the indexer: a poison key copied
+/// into the error header is bounded, and a payload too large to copy is recorded as
+/// a stub (origin, reason, the payload's size and SHA-256, no payload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_too_large_to_dead_letter_whole_never_stalls_the_indexer() {
+    use sha2::Digest;
+    let stack = Stack::from_env();
+    let names = Names::unique("large-poison");
+    let kafka = Kafka::connect(&stack.kafka);
+    let indexer = spawn_indexer(&stack, &names).await;
+    let dlq = format!("{}.dlq", names.topic);
+
+    let mut expected = Expected::new();
+    load(
+        &kafka,
+        &names.topic,
+        &mut expected,
+        "Large City",
+        50,
+        100,
+        1_000,
+    )
+    .await;
+    // A key that is no city key: the error that names it quotes it twice.
+    let huge_key = "X".repeat(400_000);
+    kafka.produce(&names.topic, &huge_key, None, &[]).await;
+    // Not Avro, and just under the broker's limit.
+    let huge_payload = vec![b'z'; 1_000_000];
+    kafka
+        .produce(
+            &names.topic,
+            "large city stub",
+            Some(&huge_payload),
+            &[("origin", "test")],
+        )
+        .await;
+    load(
+        &kafka,
+        &names.topic,
+        &mut expected,
+        "Large City",
+        50,
+        100,
+        2_000,
+    )
+    .await;
+
+    wait_for_index(&stack, &names.alias, &expected).await;
+    wait_for_committed(&kafka, &names.group, &names.topic).await;
+    let letters = kafka.read_all(&dlq);
+    assert_eq!(letters.len(), 2, "one dead letter each");
+    for letter in &letters {
+        for (name, value) in &letter.headers {
+            if name.starts_with("citypop.dlq.") {
+                assert!(value.len() <= 1024, "{name} holds {} bytes", value.len());
+            }
+        }
+    }
+    let copied = letters
+        .iter()
+        .find(|l| l.key.as_deref() == Some(huge_key.as_bytes()))
+        .expect("the poison with the huge key, copied whole");
+    assert_eq!(copied.headers["citypop.dlq.reason"], "decode");
+    let stub = letters
+        .iter()
+        .find(|l| l.key.as_deref() == Some(b"large city stub".as_slice()))
+        .expect("the poison with the huge payload");
+    assert_eq!(stub.payload, None, "a stub holds no payload");
+    assert_eq!(stub.headers["citypop.dlq.stub"], "true");
+    assert_eq!(stub.headers["citypop.dlq.reason"], "decode");
+    assert_eq!(stub.headers["citypop.dlq.payload_size"], "1000000");
+    assert_eq!(
+        stub.headers["citypop.dlq.payload_sha256"],
+        format!("{:x}", sha2::Sha256::digest(&huge_payload))
+    );
+    assert_eq!(
+        stub.headers["origin"], "test",
+        "the original headers are kept"
+    );
+    assert!(stub.headers["citypop.dlq.offset"].parse::<i64>().is_ok());
+    assert_eq!(indexer.readiness().await, 200);
+    assert_eq!(
+        indexer
+            .metric("citypop_indexer_dead_letter_stubs_total")
+            .await,
+        1.0
+    );
+}
