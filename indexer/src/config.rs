@@ -65,6 +65,13 @@ pub struct Config {
     #[command(flatten)]
     pub retry: RetryPolicy,
 
+    /// Longest time between two polls of the consumer before Kafka counts the member
+    /// as stuck and takes its partitions away (librdkafka's `max.poll.interval.ms`;
+    /// the indexer polls while it retries or waits, so this only trips on a real
+    /// hang). The session timeout is kept at or below it.
+    #[arg(long, env = "CITYPOP_MAX_POLL_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_poll_interval: Duration,
+
     /// How often stored offsets are committed to Kafka.
     #[arg(long, env = "CITYPOP_COMMIT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub commit_interval: Duration,

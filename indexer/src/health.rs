@@ -14,13 +14,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-/// What readiness is made of: set-up finished, the engine accepts writes, dead
-/// letters can be written, and the topic is the incarnation the index was built
-/// from. The indexer stays alive (so
+/// What readiness is made of: set-up finished, the member joined its consumer
+/// group, the engine accepts writes, dead letters can be written, and the topic is
+/// the incarnation the index was built from (as far as the guard can tell). The indexer stays alive (so
 /// its metrics can be scraped) but not ready while any of them is false.
 #[derive(Debug)]
 pub struct Health {
     set_up: AtomicBool,
+    joined_group: AtomicBool,
     engine_writable: AtomicBool,
     dead_letters_writable: AtomicBool,
     topic_matches: AtomicBool,
@@ -31,6 +32,7 @@ impl Health {
     pub fn new(ready_gauge: Gauge) -> Self {
         Self {
             set_up: AtomicBool::new(false),
+            joined_group: AtomicBool::new(false),
             engine_writable: AtomicBool::new(true),
             dead_letters_writable: AtomicBool::new(true),
             topic_matches: AtomicBool::new(true),
@@ -40,6 +42,13 @@ impl Health {
 
     pub fn set_up_done(&self) {
         self.set_up.store(true, Ordering::Relaxed);
+        self.publish();
+    }
+
+    /// The member joined its consumer group (whatever partitions it got): until
+    /// then, nothing written to the topic would be indexed.
+    pub fn joined_group(&self, joined: bool) {
+        self.joined_group.store(joined, Ordering::Relaxed);
         self.publish();
     }
 
@@ -61,6 +70,7 @@ impl Health {
 
     pub fn is_ready(&self) -> bool {
         self.set_up.load(Ordering::Relaxed)
+            && self.joined_group.load(Ordering::Relaxed)
             && self.engine_writable.load(Ordering::Relaxed)
             && self.dead_letters_writable.load(Ordering::Relaxed)
             && self.topic_matches.load(Ordering::Relaxed)
@@ -110,4 +120,34 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str)
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     citypop_runtime::metrics_response(&shared.registry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_once_set_up_joined_and_every_dependency_works() {
+        let gauge = Gauge::default();
+        let health = Health::new(gauge.clone());
+        health.set_up_done();
+        assert!(
+            !health.is_ready(),
+            "set up, but not yet a member of the group"
+        );
+        health.joined_group(true);
+        assert!(health.is_ready());
+        assert_eq!(gauge.get(), 1);
+        for not_ready in [
+            Health::engine_writable,
+            Health::dead_letters_writable,
+            Health::topic_matches,
+        ] {
+            not_ready(&health, false);
+            assert!(!health.is_ready());
+            assert_eq!(gauge.get(), 0);
+            not_ready(&health, true);
+            assert!(health.is_ready());
+        }
+    }
 }

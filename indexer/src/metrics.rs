@@ -91,6 +91,8 @@ pub struct Metrics {
     end_to_end_latency: Histogram,
     consumer_lag: Family<PartitionLabels, Gauge>,
     committed_offset: Family<PartitionLabels, Gauge>,
+    /// Messages consumed and not yet handed to the writer.
+    pub messages_waiting: Gauge,
     pub ready: Gauge,
     pub topic_recreated: Gauge,
     pub dead_letter: DeadLetterCounters,
@@ -109,6 +111,7 @@ impl Metrics {
             end_to_end_latency: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
             consumer_lag: Family::default(),
             committed_offset: Family::default(),
+            messages_waiting: Gauge::default(),
             ready: Gauge::default(),
             topic_recreated: Gauge::default(),
             dead_letter: DeadLetterCounters::default(),
@@ -160,6 +163,11 @@ impl Metrics {
             "committed_offset",
             "The group's committed offset per assigned partition",
             metrics.committed_offset.clone(),
+        );
+        registry.register(
+            "messages_waiting",
+            "Messages consumed and not yet handed to the bulk writer: the next batch and what arrived beyond it (bounded while consumption is paused)",
+            metrics.messages_waiting.clone(),
         );
         registry.register(
             "ready",

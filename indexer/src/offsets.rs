@@ -17,6 +17,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::runtime::RuntimeFlavor;
 
 /// How long one metadata, watermark or committed-offset request waits for Kafka.
 const KAFKA_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -89,9 +90,18 @@ pub fn store<C: ConsumerContext>(consumer: &impl Consumer<C>, consumed: &Consume
 
 /// Commits what is stored before partitions are taken away, so the next owner
 /// starts where this member's durable work ends rather than at the last timer
-/// commit. Runs inside librdkafka's rebalance callback.
+/// commit. Runs inside librdkafka's rebalance callback, on the runtime worker that
+/// polls: the worker hands its other tasks over while the commit blocks.
 pub fn commit_before_revocation<C: ConsumerContext>(consumer: &BaseConsumer<C>) {
-    if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+    let commit = || consumer.commit_consumer_state(CommitMode::Sync);
+    let on_worker = tokio::runtime::Handle::try_current()
+        .is_ok_and(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread);
+    let committed = if on_worker {
+        tokio::task::block_in_place(commit)
+    } else {
+        commit()
+    };
+    if let Err(error) = committed {
         tracing::debug!(%error, "commit on revocation");
     }
 }

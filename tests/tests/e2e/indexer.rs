@@ -684,3 +684,97 @@ async fn poison_too_large_to_dead_letter_whole_never_stalls_the_indexer() {
         1.0
     );
 }
+
+/// Partitions a member is given while the engine is down must be paused like the
+/// ones it had, or it fetches them at full speed into memory; and a member that
+/// waits out an outage longer than `max.poll.interval.ms` must stay in its group.
+/// Two indexers lose the engine; a third, healthy one joins (a rebalance hands the
+/// first two new partitions) while writes go on; then the engine comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_assigned_during_an_outage_stay_paused_and_nothing_is_lost() {
+    /// Far below what the cut-off members' partitions receive during the outage:
+    /// only what was fetched before a pause may wait in memory.
+    const MOST_WAITING: f64 = 4_000.0;
+    let stack = Stack::from_env();
+    let names = Names::unique("rebalance-outage");
+    let kafka = Kafka::connect(&stack.kafka);
+    let proxy = FaultProxy::start(stack.elasticsearch.trim_start_matches("http://")).await;
+    let through_proxy = [
+        ("CITYPOP_ELASTICSEARCH_URL", proxy.url()),
+        ("CITYPOP_RETRY_MAX_DELAY", "1s".into()),
+        ("CITYPOP_ELASTICSEARCH_TIMEOUT", "3s".into()),
+        ("CITYPOP_MAX_POLL_INTERVAL", "10s".into()),
+        // Small prefetch, so what waits in memory is what was consumed, not what
+        // librdkafka had fetched ahead.
+        ("CITYPOP_BATCH_MAX_EVENTS", "500".into()),
+    ];
+    let first = spawn_indexer_with(&stack, &names, &through_proxy, Readiness::Ready).await;
+    let second = spawn_indexer_with(&stack, &names, &through_proxy, Readiness::Ready).await;
+    let mut expected = Expected::new();
+    load(
+        &kafka,
+        &names.topic,
+        &mut expected,
+        "Rebalance City",
+        600,
+        1200,
+        0,
+    )
+    .await;
+    wait_for_index(&stack, &names.alias, &expected).await;
+
+    proxy.cut().await;
+    let cut_at = Instant::now();
+    load(
+        &kafka,
+        &names.topic,
+        &mut expected,
+        "Rebalance City",
+        600,
+        1200,
+        10_000,
+    )
+    .await;
+    let third = spawn_indexer_with(
+        &stack,
+        &names,
+        &[("CITYPOP_MAX_POLL_INTERVAL", "10s".into())],
+        Readiness::Ready,
+    )
+    .await;
+    let mut most_waiting: f64 = 0.0;
+    let mut chunk = 0;
+    // Past the poll interval, with writes arriving all along.
+    while cut_at.elapsed() < Duration::from_secs(25) {
+        chunk += 1;
+        load(
+            &kafka,
+            &names.topic,
+            &mut expected,
+            "Rebalance City",
+            600,
+            10_000,
+            100_000 * (chunk + 1),
+        )
+        .await;
+        for member in [&first, &second] {
+            most_waiting =
+                most_waiting.max(member.metric("citypop_indexer_messages_waiting").await);
+        }
+    }
+    assert!(
+        most_waiting <= MOST_WAITING,
+        "a cut-off member held {most_waiting} messages: partitions it got during the outage were fetched"
+    );
+    proxy.restore();
+    wait_for_index(&stack, &names.alias, &expected).await;
+    wait_for_committed(&kafka, &names.group, &names.topic).await;
+    for member in [&first, &second, &third] {
+        assert_eq!(member.readiness().await, 200);
+        assert!(
+            !member.log().contains("max.poll.interval.ms"),
+            "a member left its group for not polling"
+        );
+    }
+    assert!(kafka.read_all(&format!("{}.dlq", names.topic)).is_empty());
+}
