@@ -130,7 +130,7 @@ pub async fn run(
             config.bulk,
         ),
         guard: guard::TopicGuard {
-            offsets: offsets::OffsetReader::new(&config.kafka)?,
+            offsets: offsets::OffsetReader::for_group(&config.kafka, &config.consumer_group)?,
             client,
             alias: alias.clone(),
             topic: config.kafka.topic.clone(),

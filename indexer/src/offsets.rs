@@ -195,11 +195,32 @@ pub struct OffsetReader(Arc<BaseConsumer>);
 
 impl OffsetReader {
     pub fn new(kafka: &citypop_runtime::KafkaArgs) -> anyhow::Result<Self> {
-        let client: BaseConsumer = kafka
-            .client_config("citypop-indexer-offsets")
+        Self::create(kafka.client_config("citypop-indexer-offsets"))
+    }
+
+    /// A reader that can also read `group`'s committed positions. It never joins
+    /// the group.
+    pub fn for_group(kafka: &citypop_runtime::KafkaArgs, group: &str) -> anyhow::Result<Self> {
+        let mut config = kafka.client_config("citypop-indexer-offsets");
+        configure_manual(&mut config);
+        config.set("group.id", group);
+        Self::create(config)
+    }
+
+    fn create(config: ClientConfig) -> anyhow::Result<Self> {
+        let client: BaseConsumer = config
             .create()
             .context("creating the kafka offset reader")?;
         Ok(Self(Arc::new(client)))
+    }
+
+    /// The group's committed positions on `topic` (a reader made [`Self::for_group`]).
+    pub async fn committed(
+        &self,
+        topic: &str,
+        partitions: impl IntoIterator<Item = i32>,
+    ) -> anyhow::Result<BTreeMap<i32, i64>> {
+        committed_positions(self.0.clone(), topic, partitions).await
     }
 
     /// (low, high) watermarks of every partition of `topic`: the first offset still

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use citypop_schemas::event::{self, CityPopulationUpdated, Codec};
-use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -231,6 +231,32 @@ impl Kafka {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Grows `topic` to `partitions` partitions, as `kafka-topics --alter` does.
+    pub async fn add_partitions(&self, topic: &str, partitions: usize) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("creating an admin client");
+        let results = admin
+            .create_partitions(
+                &[NewPartitions::new(topic, partitions)],
+                &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+            )
+            .await
+            .expect("adding partitions");
+        for result in results {
+            result.unwrap_or_else(|(t, e)| panic!("adding partitions to {t}: {e}"));
+        }
+        let deadline = Instant::now() + TIMEOUT;
+        while self.end_offsets(topic).len() != partitions {
+            assert!(
+                Instant::now() < deadline,
+                "{topic} never showed {partitions} partitions"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Deletes `topic` and waits until the broker no longer lists it.

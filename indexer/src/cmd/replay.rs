@@ -37,8 +37,8 @@ use crate::config::{Config, ReplayArgs};
 use crate::dead_letter::{self, PoisonCause, PoisonSink};
 use crate::fetch::Flow;
 use crate::index_admin::{
-    create_loading_index, delete_indexes, finish_loading, indexes_behind, put_template,
-    set_replicas, set_write_block, swap_alias,
+    TopicBinding, create_loading_index, delete_indexes, finish_loading, indexes_behind,
+    put_template, set_replicas, set_write_block, swap_alias,
 };
 use crate::metrics::Metrics;
 use crate::offsets::{self, OffsetReader};
@@ -116,7 +116,10 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         let _ = abort.send(true);
     });
 
-    put_template(&client, &alias, &config.index).await?;
+    let binding = TopicBinding {
+        partitions: start_marks.len() as i32,
+    };
+    put_template(&client, &alias, &config.index, binding).await?;
     create_loading_index(&client, &index).await?;
     tracing::info!(%index, %alias, events = total, "replay started");
 

@@ -778,3 +778,46 @@ async fn partitions_assigned_during_an_outage_stay_paused_and_nothing_is_lost() 
     }
     assert!(kafka.read_all(&format!("{}.dlq", names.topic)).is_empty());
 }
+
+/// Adding partitions to the topic moves cities to other partitions, whose offsets
+/// (the versions) do not compare with the ones indexed: the indexer refuses to write
+/// and says why, as for a recreated topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_whose_partition_count_changed_is_refused() {
+    let stack = Stack::from_env();
+    let names = Names::unique("more-partitions");
+    let kafka = Kafka::connect(&stack.kafka);
+    let first = spawn_indexer(&stack, &names).await;
+    let mut expected = Expected::new();
+    load(
+        &kafka,
+        &names.topic,
+        &mut expected,
+        "Moved City",
+        50,
+        500,
+        0,
+    )
+    .await;
+    wait_for_index(&stack, &names.alias, &expected).await;
+    drop(first);
+
+    kafka.add_partitions(&names.topic, 16).await;
+    let refusing = spawn_indexer_with(&stack, &names, &[], Readiness::Live).await;
+    wait_for_metric(&refusing, "citypop_indexer_topic_recreated", 1.0).await;
+    for i in 0..50 {
+        kafka
+            .produce_update(&names.topic, &format!("Moved City {i}"), 99_999)
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(refusing.readiness().await, 503);
+    assert!(
+        refusing
+            .log()
+            .contains("has 16 partitions but the index was built from 12"),
+        "the log says why: {}",
+        refusing.log()
+    );
+    wait_for_index(&stack, &names.alias, &expected).await;
+}
