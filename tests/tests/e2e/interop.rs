@@ -1,15 +1,16 @@
 //! Consumers and producers citypop did not write: the Apache Avro reference library
 //! for Java (`BinaryMessageDecoder`, `BinaryMessageEncoder`) reads what producer-api
-//! wrote, and writes a newer version of the event that the indexer reads. The Java
-//! side is `tests/interop/Interop.java`.
+//! wrote, and writes a newer version of the event that the indexer reads; README's
+//! Python reader (fastavro) reads it too. The other sides are in `tests/interop/`.
 
 use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
 use citypop_schemas::CityKey;
 use citypop_schemas::event::{self, Codec, Fingerprint, PUBLISHED_SCHEMAS};
 use citypop_tests::engine::documents;
-use citypop_tests::interop::{published_schema_dir, run_java};
+use citypop_tests::interop::{ToolRun, published_schema_dir, run_java, run_python_reader};
 use citypop_tests::kafka::{Kafka, now_micros};
 use citypop_tests::{
     Names, Readiness, Stack, spawn_indexer, spawn_indexer_with, spawn_producer_api,
@@ -28,7 +29,7 @@ struct Posted {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn java_reads_every_message_producer_api_wrote() {
+async fn java_and_python_read_every_message_producer_api_wrote() {
     let stack = Stack::from_env();
     let names = Names::unique("interop-read");
     let _indexer = spawn_indexer(&stack, &names).await;
@@ -87,14 +88,30 @@ async fn java_reads_every_message_producer_api_wrote() {
     );
     let after = now_micros();
 
-    let schema_dir = published_schema_dir();
-    let run = run_java(&[
-        "read",
-        &stack.kafka,
-        &names.topic,
-        &schema_dir.display().to_string(),
-    ])
-    .await;
+    let schema_dir = published_schema_dir().display().to_string();
+    let args = ["read", &stack.kafka, &names.topic, &schema_dir];
+    check_read(
+        "Java's BinaryMessageDecoder",
+        run_java(&args).await,
+        &posted,
+        before..=after,
+    );
+    // README's Python example, run as written there.
+    check_read(
+        "fastavro",
+        run_python_reader(&args[1..]).await,
+        &posted,
+        before..=after,
+    );
+}
+
+/// Every message was decoded and holds what its 202 announced.
+fn check_read(
+    reader: &str,
+    run: ToolRun,
+    posted: &BTreeMap<(i64, i64), Posted>,
+    accepted: RangeInclusive<i64>,
+) {
     let errors: Vec<&Value> = run
         .lines
         .iter()
@@ -102,10 +119,10 @@ async fn java_reads_every_message_producer_api_wrote() {
         .collect();
     assert!(
         run.success && errors.is_empty(),
-        "BinaryMessageDecoder could not decode every message: {errors:#?}\n{}",
+        "{reader} could not decode every message: {errors:#?}\n{}",
         run.stderr
     );
-    assert_eq!(run.lines.len(), posted.len(), "{:#?}", run.lines);
+    assert_eq!(run.lines.len(), posted.len(), "{reader}: {:#?}", run.lines);
 
     let fingerprint = Codec::new().writer_fingerprint().to_string();
     for line in &run.lines {
@@ -115,35 +132,53 @@ async fn java_reads_every_message_producer_api_wrote() {
         );
         let want = posted
             .get(&at)
-            .unwrap_or_else(|| panic!("Java read a message no 202 announced: {line}"));
-        assert_eq!(line["key"], want.key.as_str(), "{line}");
+            .unwrap_or_else(|| panic!("{reader} read a message no 202 announced: {line}"));
+        assert_eq!(line["key"], want.key.as_str(), "{reader}: {line}");
         match &want.city {
             Some(city) => {
                 let value = &line["value"];
-                assert_eq!(value["event_id"], want.event_id.as_str(), "{line}");
-                assert_eq!(value["city"], city.as_str(), "{line}");
-                assert_eq!(value["population"], want.population, "{line}");
+                assert_eq!(
+                    value["event_id"],
+                    want.event_id.as_str(),
+                    "{reader}: {line}"
+                );
+                assert_eq!(value["city"], city.as_str(), "{reader}: {line}");
+                assert_eq!(value["population"], want.population, "{reader}: {line}");
                 let occurred_at = value["occurred_at"].as_i64().unwrap();
-                assert!((before..=after).contains(&occurred_at), "{line}");
-                assert_eq!(line["writer_fingerprint"], fingerprint.as_str(), "{line}");
+                assert!(accepted.contains(&occurred_at), "{reader}: {line}");
+                assert_eq!(
+                    line["writer_fingerprint"],
+                    fingerprint.as_str(),
+                    "{reader}: {line}"
+                );
                 assert_eq!(
                     line["headers"]["content-type"],
                     event::CONTENT_TYPE,
-                    "{line}"
+                    "{reader}: {line}"
                 );
             }
             None => {
-                assert!(line["value"].is_null(), "a delete is a tombstone: {line}");
+                assert!(
+                    line["value"].is_null(),
+                    "{reader}: a delete is a tombstone: {line}"
+                );
                 let headers = &line["headers"];
-                assert_eq!(headers[event::HEADER_EVENT_ID], want.event_id.as_str());
+                assert_eq!(
+                    headers[event::HEADER_EVENT_ID],
+                    want.event_id.as_str(),
+                    "{reader}: {line}"
+                );
                 let occurred_at: i64 = headers[event::HEADER_OCCURRED_AT]
                     .as_str()
                     .and_then(|t| t.parse().ok())
-                    .unwrap_or_else(|| panic!("no occurred_at header: {line}"));
-                assert!((before..=after).contains(&occurred_at), "{line}");
+                    .unwrap_or_else(|| panic!("{reader}: no occurred_at header: {line}"));
+                assert!(accepted.contains(&occurred_at), "{reader}: {line}");
             }
         }
-        assert!(line["headers"]["traceparent"].as_str().is_some(), "{line}");
+        assert!(
+            line["headers"]["traceparent"].as_str().is_some(),
+            "{reader}: {line}"
+        );
     }
 }
 
