@@ -5,7 +5,7 @@
 //! a consumer in any language that has the schema file.
 //!
 //! `apache-avro` 0.21 gets the canonical form wrong for a primitive with a logical
-//! type: it strips `logicalType` but keeps `{"type":"long"}` where the [PRIMITIVE]
+//! type: it strips `logicalType` but keeps `{"type":"long"}` where the \[PRIMITIVES\]
 //! rule makes it `"long"` (upstream AVRO-4004). Its Rabin digest is right, so only the
 //! canonical form is computed here, from the schema's JSON text.
 
@@ -72,10 +72,10 @@ const PRIMITIVES: [&str; 8] = [
 ];
 
 /// The schema's Parsing Canonical Form, following the specification's rules:
-/// [PRIMITIVES] a primitive is its bare name, whatever attributes (`logicalType`
-/// included) it has; [FULLNAMES] names are full names; [STRIP] only `type`, `name`,
-/// `fields`, `symbols`, `items`, `values` and `size` are kept; [ORDER] in that order;
-/// [STRINGS] and [INTEGERS] as JSON writes them; [WHITESPACE] none. A named type
+/// \[PRIMITIVES\] a primitive is its bare name, whatever attributes (`logicalType`
+/// included) it has; \[FULLNAMES\] names are full names; \[STRIP\] only `type`, `name`,
+/// `fields`, `symbols`, `items`, `values` and `size` are kept; \[ORDER\] in that order;
+/// \[STRINGS\] and \[INTEGERS\] as JSON writes them; \[WHITESPACE\] none. A named type
 /// already written is written again as its full name only.
 pub fn parsing_canonical_form(schema: &Value) -> Result<String, CanonicalFormError> {
     let mut form = CanonicalForm::default();
@@ -234,7 +234,7 @@ impl CanonicalForm {
     }
 }
 
-/// [FULLNAMES]: a dotted name is already full; otherwise its own namespace, else the
+/// \[FULLNAMES\]: a dotted name is already full; otherwise its own namespace, else the
 /// enclosing one, qualifies it ("" is the null namespace).
 fn full_name(name: &str, own_namespace: Option<&str>, enclosing: &str) -> String {
     if name.contains('.') {
