@@ -5,6 +5,7 @@ mod api;
 mod common;
 mod dlq;
 mod indexer;
+mod interop;
 mod pipeline;
 mod replay;
 mod security;
