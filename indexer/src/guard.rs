@@ -5,8 +5,9 @@
 //! index holds for it, or below the position the consumer group committed, and a
 //! topic whose partition count differs from the one the index was built from
 //! (recorded in the index's `_meta`): keys moved partitions, so versions no longer
-//! compare. (Kafka 4's topic ids would name an incarnation outright, but the
-//! Kafka client library citypop uses does not expose them.)
+//! compare. Where the broker tells topic ids (Kafka 2.8 and later), an id other
+//! than the one recorded when the index was created names another incarnation
+//! outright.
 
 use std::collections::BTreeMap;
 
@@ -14,7 +15,7 @@ use anyhow::Context;
 use elasticsearch::{Elasticsearch, SearchParts};
 use serde_json::{Value, json};
 
-use crate::index_admin;
+use crate::index_admin::{self, TopicBinding};
 use crate::offsets::OffsetReader;
 
 /// The most partitions the version query reports on; far above any real topic.
@@ -46,6 +47,16 @@ pub enum Mismatch {
         end_offset: i64,
     },
     #[error(
+        "topic {topic} has id {now} but the index was built from the topic with id {built_from}: \
+         the topic was deleted and recreated, so its offsets (the versions) start again; \
+         rebuild into a new index from the new topic (indexer replay)"
+    )]
+    TopicIdChanged {
+        topic: String,
+        built_from: String,
+        now: String,
+    },
+    #[error(
         "topic {topic} has {now} partitions but the index was built from {built_from}: \
          cities moved partitions, so their versions (offsets) no longer compare; \
          rebuild into a new index (indexer replay)"
@@ -64,6 +75,8 @@ pub struct TopicNow {
     pub ends: BTreeMap<i32, i64>,
     /// Per partition, the consumer group's committed position (where it has one).
     pub committed: BTreeMap<i32, i64>,
+    /// The id of the topic's incarnation, where the broker tells it.
+    pub topic_id: Option<String>,
 }
 
 pub struct TopicGuard {
@@ -78,18 +91,19 @@ impl TopicGuard {
     /// mismatch; `Err` means the check itself could not run.
     pub async fn check(&self) -> anyhow::Result<Result<(), Mismatch>> {
         let indexed = highest_versions(&self.client, &self.alias).await?;
-        let built_from = index_admin::bound_partitions(&self.client, &self.alias).await?;
+        let built_from = index_admin::binding(&self.client, &self.alias).await?;
         let ends = self.offsets.end_offsets(&self.topic).await?;
         let committed = self
             .offsets
             .committed(&self.topic, ends.keys().copied())
             .await?;
-        Ok(judge(
-            &self.topic,
-            &indexed,
-            built_from,
-            &TopicNow { ends, committed },
-        ))
+        let topic_id = self.offsets.topic_id(&self.topic).await?;
+        let now = TopicNow {
+            ends,
+            committed,
+            topic_id,
+        };
+        Ok(judge(&self.topic, &indexed, &built_from, &now))
     }
 }
 
@@ -99,11 +113,20 @@ impl TopicGuard {
 pub fn judge(
     topic: &str,
     indexed: &BTreeMap<i32, i64>,
-    built_from: Option<i32>,
+    built_from: &TopicBinding,
     now: &TopicNow,
 ) -> Result<(), Mismatch> {
+    if let (Some(built_from), Some(now)) = (&built_from.topic_id, &now.topic_id)
+        && built_from != now
+    {
+        return Err(Mismatch::TopicIdChanged {
+            topic: topic.to_owned(),
+            built_from: built_from.clone(),
+            now: now.clone(),
+        });
+    }
     let partitions = now.ends.len() as i32;
-    if let Some(built_from) = built_from
+    if let Some(built_from) = built_from.partitions
         && built_from != partitions
     {
         return Err(Mismatch::PartitionsChanged {
@@ -180,13 +203,41 @@ mod tests {
         TopicNow {
             ends: ends.iter().copied().collect(),
             committed: committed.iter().copied().collect(),
+            topic_id: None,
         }
+    }
+
+    fn built_from(partitions: Option<i32>, topic_id: Option<&str>) -> TopicBinding {
+        TopicBinding {
+            partitions,
+            topic_id: topic_id.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn another_topic_id_is_another_incarnation() {
+        let mut now = topic_now(&[(0, 500)], &[]);
+        now.topic_id = Some("new-id".into());
+        let indexed = BTreeMap::from([(0, 41)]);
+        assert!(matches!(
+            judge("t", &indexed, &built_from(Some(1), Some("old-id")), &now),
+            Err(Mismatch::TopicIdChanged { .. })
+        ));
+        assert_eq!(
+            judge("t", &indexed, &built_from(Some(1), Some("new-id")), &now),
+            Ok(())
+        );
+        assert_eq!(
+            judge("t", &indexed, &built_from(Some(1), None), &now),
+            Ok(()),
+            "an index from before ids were recorded"
+        );
     }
 
     #[test]
     fn a_committed_position_past_the_end_is_a_recreated_topic() {
         let now = topic_now(&[(0, 5), (1, 100)], &[(0, 40), (1, 90)]);
-        let mismatch = judge("t", &BTreeMap::new(), None, &now).unwrap_err();
+        let mismatch = judge("t", &BTreeMap::new(), &built_from(None, None), &now).unwrap_err();
         assert_eq!(
             mismatch,
             Mismatch::CommittedPastEnd {
@@ -202,16 +253,19 @@ mod tests {
     fn a_partition_count_other_than_the_index_was_built_from_is_refused() {
         let now = topic_now(&[(0, 5), (1, 5), (2, 5)], &[]);
         assert_eq!(
-            judge("t", &BTreeMap::new(), Some(2), &now),
+            judge("t", &BTreeMap::new(), &built_from(Some(2), None), &now),
             Err(Mismatch::PartitionsChanged {
                 topic: "t".into(),
                 built_from: 2,
                 now: 3
             })
         );
-        assert_eq!(judge("t", &BTreeMap::new(), Some(3), &now), Ok(()));
         assert_eq!(
-            judge("t", &BTreeMap::new(), None, &now),
+            judge("t", &BTreeMap::new(), &built_from(Some(3), None), &now),
+            Ok(())
+        );
+        assert_eq!(
+            judge("t", &BTreeMap::new(), &built_from(None, None), &now),
             Ok(()),
             "an index from before partitions were recorded"
         );
@@ -221,7 +275,10 @@ mod tests {
     fn an_end_past_every_version_is_the_same_topic() {
         let indexed = BTreeMap::from([(0, 41), (1, 9)]);
         let now = topic_now(&[(0, 42), (1, 100), (2, 0)], &[(0, 42)]);
-        assert_eq!(judge("t", &indexed, Some(3), &now), Ok(()));
+        assert_eq!(
+            judge("t", &indexed, &built_from(Some(3), None), &now),
+            Ok(())
+        );
     }
 
     #[test]
@@ -229,7 +286,7 @@ mod tests {
         let indexed = BTreeMap::from([(0, 41), (1, 9)]);
         let now = topic_now(&[(0, 42), (1, 9)], &[]);
         assert_eq!(
-            judge("t", &indexed, None, &now),
+            judge("t", &indexed, &built_from(None, None), &now),
             Err(Mismatch::EndBelowVersion {
                 topic: "t".into(),
                 partition: 1,
@@ -240,7 +297,7 @@ mod tests {
 
         let fewer_partitions = topic_now(&[(0, 42)], &[]);
         assert!(matches!(
-            judge("t", &indexed, None, &fewer_partitions),
+            judge("t", &indexed, &built_from(None, None), &fewer_partitions),
             Err(Mismatch::EndBelowVersion { partition: 1, .. })
         ));
     }

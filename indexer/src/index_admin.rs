@@ -16,10 +16,12 @@ use serde_json::json;
 
 /// What an index was built from, recorded in its `_meta` so the topic guard can
 /// tell a topic that changed under it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TopicBinding {
     /// The main topic's partition count: a key's partition depends on it.
-    pub partitions: i32,
+    pub partitions: Option<i32>,
+    /// The id of the topic's incarnation (Kafka 2.8 and later).
+    pub topic_id: Option<String>,
 }
 
 /// The shape of every index behind the alias.
@@ -48,12 +50,12 @@ pub async fn put_template(
     client: &Elasticsearch,
     alias: &str,
     index: &IndexArgs,
-    binding: TopicBinding,
+    binding: &TopicBinding,
 ) -> anyhow::Result<()> {
     let mut template = document::index_template(alias, index.shards, index.replicas);
     // Every index created from the template records what it is built from.
     template["template"]["mappings"]["_meta"] = json!({
-        META_KEY: {"topic_partitions": binding.partitions}
+        META_KEY: {"topic_partitions": binding.partitions, "topic_id": binding.topic_id}
     });
     let response = client
         .indices()
@@ -75,7 +77,7 @@ pub async fn ensure_index(
     client: &Elasticsearch,
     alias: &str,
     index: &IndexArgs,
-    binding: TopicBinding,
+    binding: &TopicBinding,
 ) -> anyhow::Result<()> {
     wait_until_ready("elasticsearch", || async {
         client
@@ -255,9 +257,9 @@ pub async fn delete_indexes(client: &Elasticsearch, indexes: &[String]) -> anyho
 /// Where citypop's own facts live in an index's mapping `_meta`.
 const META_KEY: &str = "citypop";
 
-/// The partition count the indexes behind `alias` were built from; `None` for
-/// indexes that did not record one (made before it was recorded).
-pub async fn bound_partitions(client: &Elasticsearch, alias: &str) -> anyhow::Result<Option<i32>> {
+/// What the indexes behind `alias` were built from; empty for indexes made before
+/// it was recorded.
+pub async fn binding(client: &Elasticsearch, alias: &str) -> anyhow::Result<TopicBinding> {
     let body: serde_json::Value = client
         .indices()
         .get_mapping(IndicesGetMappingParts::Index(&[alias]))
@@ -267,10 +269,20 @@ pub async fn bound_partitions(client: &Elasticsearch, alias: &str) -> anyhow::Re
         .context("reading the index mapping")?
         .json()
         .await?;
-    Ok(body
+    let recorded: Vec<&serde_json::Value> = body
         .as_object()
         .into_iter()
         .flat_map(|indexes| indexes.values())
-        .find_map(|index| index["mappings"]["_meta"][META_KEY]["topic_partitions"].as_i64())
-        .map(|partitions| partitions as i32))
+        .map(|index| &index["mappings"]["_meta"][META_KEY])
+        .collect();
+    Ok(TopicBinding {
+        partitions: recorded
+            .iter()
+            .find_map(|meta| meta["topic_partitions"].as_i64())
+            .map(|partitions| partitions as i32),
+        topic_id: recorded
+            .iter()
+            .find_map(|meta| meta["topic_id"].as_str())
+            .map(str::to_owned),
+    })
 }

@@ -43,6 +43,7 @@ pub mod retry;
 pub mod setup;
 #[cfg(test)]
 mod testing;
+pub mod topic_id;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -252,6 +252,14 @@ impl OffsetReader {
         .await?
     }
 
+    /// The topic's id, which names this incarnation of it (see [`crate::topic_id`]).
+    pub async fn topic_id(&self, topic: &str) -> anyhow::Result<Option<String>> {
+        let client = self.0.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || crate::topic_id::topic_id(client.client(), &topic))
+            .await?
+    }
+
     /// Per partition, the next offset to be written.
     pub async fn end_offsets(&self, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
         Ok(self

@@ -42,12 +42,14 @@ pub async fn ensure_index(config: &Config) -> anyhow::Result<()> {
         offsets.watermarks(&config.kafka.topic)
     })
     .await;
+    let topic_id = offsets.topic_id(&config.kafka.topic).await?;
     index_admin::ensure_index(
         &config.engine.client()?,
         &config.engine.index_alias,
         &config.index,
-        TopicBinding {
-            partitions: marks.len() as i32,
+        &TopicBinding {
+            partitions: Some(marks.len() as i32),
+            topic_id,
         },
     )
     .await

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use citypop_schemas::event::{self, CityPopulationUpdated, Codec};
-use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -231,6 +231,36 @@ impl Kafka {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Creates `topic` with `partitions` partitions, as an operator would by hand.
+    pub async fn create_topic(&self, topic: &str, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("creating an admin client");
+        let results = admin
+            .create_topics(
+                &[NewTopic::new(
+                    topic,
+                    partitions,
+                    TopicReplication::Fixed(-1),
+                )],
+                &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+            )
+            .await
+            .expect("creating the topic");
+        for result in results {
+            result.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
+        }
+        let deadline = Instant::now() + TIMEOUT;
+        while self.end_offsets(topic).len() != partitions as usize {
+            assert!(
+                Instant::now() < deadline,
+                "{topic} never showed its partitions"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Grows `topic` to `partitions` partitions, as `kafka-topics --alter` does.

@@ -117,9 +117,10 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     });
 
     let binding = TopicBinding {
-        partitions: start_marks.len() as i32,
+        partitions: Some(start_marks.len() as i32),
+        topic_id: offsets.topic_id(&topic).await?,
     };
-    put_template(&client, &alias, &config.index, binding).await?;
+    put_template(&client, &alias, &config.index, &binding).await?;
     create_loading_index(&client, &index).await?;
     tracing::info!(%index, %alias, events = total, "replay started");
 

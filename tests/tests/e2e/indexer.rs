@@ -821,3 +821,56 @@ async fn a_topic_whose_partition_count_changed_is_refused() {
     );
     wait_for_index(&stack, &names.alias, &expected).await;
 }
+
+/// A topic deleted and recreated under the same name, then written to well past
+/// the versions the index holds, read by a new consumer group: neither the end
+/// offsets nor a committed position tell it apart. Its id does (Kafka 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_with_more_events_than_before_is_told_by_its_id() {
+    let stack = Stack::from_env();
+    let names = Names::unique("recreated-id");
+    let kafka = Kafka::connect(&stack.kafka);
+    let first = spawn_indexer(&stack, &names).await;
+    let mut expected = Expected::new();
+    load(
+        &kafka,
+        &names.topic,
+        &mut expected,
+        "Reborn City",
+        12,
+        24,
+        0,
+    )
+    .await;
+    wait_for_index(&stack, &names.alias, &expected).await;
+    drop(first);
+
+    kafka.delete_topic(&names.topic).await;
+    kafka.create_topic(&names.topic, 12).await;
+    let mut ignored = Expected::new();
+    load(
+        &kafka,
+        &names.topic,
+        &mut ignored,
+        "Reborn City",
+        12,
+        1200,
+        50_000,
+    )
+    .await;
+    let new_group = Names {
+        group: format!("{}-new-group", names.group),
+        ..names.clone()
+    };
+    let refusing = spawn_indexer_with(&stack, &new_group, &[], Readiness::Live).await;
+    wait_for_metric(&refusing, "citypop_indexer_topic_recreated", 1.0).await;
+    assert_eq!(refusing.readiness().await, 503);
+    assert!(
+        refusing
+            .log()
+            .contains("but the index was built from the topic with id"),
+        "the log says why: {}",
+        refusing.log()
+    );
+    wait_for_index(&stack, &names.alias, &expected).await;
+}
