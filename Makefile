@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 STACK := deploy/local/stack.sh
 
-.PHONY: help run test lint lint-deploy build stack-up stack-down stack-status
+.PHONY: help run test bench lint lint-deploy build stack-up stack-down stack-status
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
