@@ -253,11 +253,41 @@ impl Kafka {
         for result in results {
             result.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
         }
+        self.wait_for_leaders(&admin, topic, partitions as usize)
+            .await;
+    }
+
+    /// Waits until every one of `partitions` partitions of `topic` has a leader: a
+    /// topic just created or grown answers "not leader" for a moment.
+    async fn wait_for_leaders(
+        &self,
+        admin: &AdminClient<DefaultClientContext>,
+        topic: &str,
+        partitions: usize,
+    ) {
         let deadline = Instant::now() + TIMEOUT;
-        while self.end_offsets(topic).len() != partitions as usize {
+        loop {
+            let led = admin
+                .inner()
+                .fetch_metadata(Some(topic), TIMEOUT)
+                .ok()
+                .and_then(|metadata| {
+                    let t = metadata.topics().iter().find(|t| t.name() == topic)?;
+                    Some(
+                        t.error().is_none()
+                            && t.partitions().len() == partitions
+                            && t.partitions()
+                                .iter()
+                                .all(|p| p.error().is_none() && p.leader() >= 0),
+                    )
+                })
+                .unwrap_or(false);
+            if led {
+                return;
+            }
             assert!(
                 Instant::now() < deadline,
-                "{topic} never showed its partitions"
+                "{topic} never showed {partitions} partitions with leaders"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -279,14 +309,7 @@ impl Kafka {
         for result in results {
             result.unwrap_or_else(|(t, e)| panic!("adding partitions to {t}: {e}"));
         }
-        let deadline = Instant::now() + TIMEOUT;
-        while self.end_offsets(topic).len() != partitions {
-            assert!(
-                Instant::now() < deadline,
-                "{topic} never showed {partitions} partitions"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        self.wait_for_leaders(&admin, topic, partitions).await;
     }
 
     /// Deletes `topic` and waits until the broker no longer lists it.
