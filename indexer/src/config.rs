@@ -123,6 +123,8 @@ pub enum Command {
     Setup,
     /// Rebuild the index from the topic into a new index, then swap the alias to it.
     Replay(ReplayArgs),
+    /// Show a running indexer's status (asks its `/status` on the health address).
+    Status(StatusArgs),
     /// Inspect or republish dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -139,6 +141,18 @@ pub struct ReplayArgs {
     pub dry_run: bool,
 
     /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// The indexer's health address [default: the health listen address, with
+    /// 0.0.0.0 read as 127.0.0.1].
+    #[arg(long)]
+    pub url: Option<String>,
+
+    /// Print the JSON answer instead of a table.
     #[arg(long)]
     pub json: bool,
 }

@@ -49,6 +49,11 @@ pub struct GroupContext {
 }
 
 impl GroupContext {
+    /// Whether consumption is paused now.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
     /// Pauses or resumes the whole assignment, now and at every rebalance to come.
     pub fn set_paused<C: Consumer<Self>>(&self, consumer: &C, pause: bool) {
         self.paused.store(pause, Ordering::SeqCst);

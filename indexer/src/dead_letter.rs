@@ -1,6 +1,7 @@
 //! Stage 7, dead-letter: poison messages go to the dead-letter topic with their
 //! context, and are acknowledged there before their offset may be committed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,6 +14,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
+
+use crate::status::StatusBoard;
 
 use crate::retry::{Interrupted, Retry};
 
@@ -111,6 +114,8 @@ pub struct DeadLetterCounters {
     pub write_failures: Counter,
     /// Dead letters written as stubs.
     pub stubs: Counter,
+    /// Where the last failure is shown.
+    pub status: Arc<StatusBoard>,
 }
 
 /// The dead-letter topic's producer, retrying each write until Kafka acknowledges
@@ -302,7 +307,10 @@ impl PoisonSink for DeadLetters {
             .run(
                 "dead-letter write",
                 || self.write(message, cause),
-                |_, _| {
+                |error, _| {
+                    self.counters
+                        .status
+                        .error("dead_letter", &error.to_string());
                     self.counters.write_failures.inc();
                     self.writable.send_replace(false);
                 },

@@ -1,18 +1,20 @@
-//! `/livez`, `/readyz` and `/metrics` on their own port.
+//! `/livez`, `/readyz`, `/metrics` and `/status` on their own port.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
+use axum::{Json, Router};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+
+use crate::status::{Status, StatusBoard};
 
 /// What readiness is made of: set-up finished, the member joined its consumer
 /// group, the engine accepts writes, dead letters can be written, and the topic is
@@ -83,6 +85,7 @@ impl Health {
 
 struct Shared {
     health: Arc<Health>,
+    status: Arc<StatusBoard>,
     registry: Registry,
 }
 
@@ -91,6 +94,7 @@ struct Shared {
 pub async fn serve(
     addr: SocketAddr,
     health: Arc<Health>,
+    status: Arc<StatusBoard>,
     registry: Registry,
 ) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)
@@ -101,7 +105,12 @@ pub async fn serve(
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(Arc::new(Shared { health, registry }));
+        .route("/status", get(status_report))
+        .with_state(Arc::new(Shared {
+            health,
+            status,
+            registry,
+        }));
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, router).await {
             tracing::error!(%error, "health endpoint stopped");
@@ -116,6 +125,10 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str)
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
     }
+}
+
+async fn status_report(State(shared): State<Arc<Shared>>) -> Json<Status> {
+    Json(shared.status.report(shared.health.is_ready()).await)
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {

@@ -159,6 +159,11 @@ impl LiveIndexer {
                     (GuardState::Unknown, GUARD_RETRY)
                 }
             };
+            self.metrics.status.guard(match now {
+                GuardState::Matches => "matches".to_owned(),
+                GuardState::Unknown => "unknown: the check could not run".to_owned(),
+                GuardState::Recreated => "refusing".to_owned(),
+            });
             state.send_if_modified(|was| std::mem::replace(was, now) != now);
             tokio::time::sleep(wait).await;
         }

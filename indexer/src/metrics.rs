@@ -8,7 +8,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use rdkafka::statistics::Statistics;
 
+use std::sync::Arc;
+
 use crate::dead_letter::{DeadLetterCounters, DeadLetterReason};
+use crate::status::StatusBoard;
 
 /// What became of a document written to the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,11 +99,14 @@ pub struct Metrics {
     pub ready: Gauge,
     pub topic_recreated: Gauge,
     pub dead_letter: DeadLetterCounters,
+    /// What `/status` reports beside the counters.
+    pub status: Arc<StatusBoard>,
     pub dead_letters_writable: Gauge,
 }
 
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
+        let status = Arc::new(StatusBoard::default());
         let metrics = Self {
             consumed: Counter::default(),
             indexed: Family::default(),
@@ -114,7 +120,11 @@ impl Metrics {
             messages_waiting: Gauge::default(),
             ready: Gauge::default(),
             topic_recreated: Gauge::default(),
-            dead_letter: DeadLetterCounters::default(),
+            dead_letter: DeadLetterCounters {
+                status: status.clone(),
+                ..DeadLetterCounters::default()
+            },
+            status,
             dead_letters_writable: Gauge::default(),
         };
         metrics.dead_letters_writable.set(1);

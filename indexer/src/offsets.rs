@@ -252,11 +252,11 @@ impl OffsetReader {
         .await?
     }
 
-    /// The topic's id, which names this incarnation of it (see [`crate::topic_id`]).
+    /// The topic's id, which names this incarnation of it (see [`crate::native`]).
     pub async fn topic_id(&self, topic: &str) -> anyhow::Result<Option<String>> {
         let client = self.0.clone();
         let topic = topic.to_owned();
-        tokio::task::spawn_blocking(move || crate::topic_id::topic_id(client.client(), &topic))
+        tokio::task::spawn_blocking(move || crate::native::topic_id(client.client(), &topic))
             .await?
     }
 

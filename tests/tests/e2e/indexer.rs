@@ -874,3 +874,99 @@ async fn a_recreated_topic_with_more_events_than_before_is_told_by_its_id() {
     );
     wait_for_index(&stack, &names.alias, &expected).await;
 }
+
+/// `/status` answers what an operator asks first: where each partition stands,
+/// whether it is paused, and the last error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_committed_offsets_pauses_and_the_last_error() {
+    let stack = Stack::from_env();
+    let names = Names::unique("status");
+    let kafka = Kafka::connect(&stack.kafka);
+    let proxy = FaultProxy::start(stack.elasticsearch.trim_start_matches("http://")).await;
+    let indexer = spawn_indexer_with(
+        &stack,
+        &names,
+        &[
+            ("CITYPOP_ELASTICSEARCH_URL", proxy.url()),
+            ("CITYPOP_RETRY_MAX_DELAY", "1s".into()),
+            ("CITYPOP_ELASTICSEARCH_TIMEOUT", "3s".into()),
+        ],
+        Readiness::Ready,
+    )
+    .await;
+    let status = || async {
+        reqwest::get(format!("{}/status", indexer.base_url))
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("GET /status")
+            .json::<Value>()
+            .await
+            .expect("status JSON")
+    };
+    let (partition, offset) = kafka
+        .produce_update(&names.topic, "Status City", 1_234)
+        .await;
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        let now = status().await;
+        let row = now["partitions"]
+            .as_array()
+            .expect("partitions")
+            .iter()
+            .find(|p| p["partition"] == partition)
+            .cloned()
+            .unwrap_or_default();
+        if row["committed"].as_i64().is_some_and(|c| c > offset) {
+            assert_eq!(row["paused"], false);
+            assert_eq!(now["ready"], true);
+            assert_eq!(now["group"], names.group.as_str());
+            assert!(now["member_id"].as_str().is_some_and(|id| !id.is_empty()));
+            assert_eq!(now["guard"], "matches");
+            assert!(now["indexed_since_start"].as_u64() >= Some(1));
+            assert_eq!(now["partitions"].as_array().map(Vec::len), Some(12));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partition {partition} never committed past {offset}: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    proxy.cut().await;
+    kafka
+        .produce_update(&names.topic, "Status City", 5_678)
+        .await;
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        let now = status().await;
+        let all_paused = now["partitions"]
+            .as_array()
+            .is_some_and(|ps| !ps.is_empty() && ps.iter().all(|p| p["paused"] == true));
+        if all_paused && now["last_error"]["stage"] == "bulk" {
+            assert_eq!(now["ready"], false);
+            assert!(
+                now["last_error"]["error"]
+                    .as_str()
+                    .is_some_and(|e| !e.is_empty()),
+                "{now}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never paused with an error: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The same, for a person.
+    let table = std::process::Command::new(citypop_tests::binary_path("indexer"))
+        .args(["status", "--url", &indexer.base_url])
+        .output()
+        .expect("running indexer status");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("ready: no"), "{table}");
+    assert!(table.contains("last error: bulk at"), "{table}");
+    assert!(table.contains("partition"), "{table}");
+    proxy.restore();
+}

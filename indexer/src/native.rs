@@ -1,7 +1,7 @@
-//! A topic's id: Kafka 4 names each incarnation of a topic with a UUID, so a topic
-//! deleted and recreated under the same name has a new one. The Rust client does
-//! not wrap librdkafka's `DescribeTopics`, which reports it, so this module calls
-//! it through the C bindings the client re-exports.
+//! What librdkafka reports and the Rust client does not wrap, called through the C
+//! bindings the client re-exports: a topic's id (Kafka 4 names each incarnation of
+//! a topic with a UUID, so a topic deleted and recreated under the same name has a
+//! new one) and a consumer's member id in its group.
 
 use std::ffi::{CStr, CString};
 use std::time::Duration;
@@ -116,4 +116,19 @@ unsafe fn text(pointer: *const std::ffi::c_char) -> String {
     unsafe { CStr::from_ptr(pointer) }
         .to_string_lossy()
         .into_owned()
+}
+
+/// The member id the group coordinator gave this consumer; `None` before it joined.
+pub fn member_id<C: ConsumerContext>(client: &Client<C>) -> Option<String> {
+    // SAFETY: librdkafka returns a copy the caller owns (or null), freed here with
+    // its own allocator after it is copied out.
+    unsafe {
+        let id = rd::rd_kafka_memberid(client.native_ptr());
+        if id.is_null() {
+            return None;
+        }
+        let copied = text(id);
+        rd::rd_kafka_mem_free(client.native_ptr(), id.cast());
+        (!copied.is_empty()).then_some(copied)
+    }
 }
