@@ -6,6 +6,8 @@
 #   opensearch    3.8.0   full suite
 #   elasticsearch 8.19.21 full suite
 #   opensearch    2.19.6  full suite
+#   elasticsearch 9.5.4   security: the engine security tests, with HTTPS, file-realm
+#                         users and roles (CITYPOP_ENGINE_SECURITY=on)
 #
 # With CITYPOP_ENGINE set (and CITYPOP_ENGINE_VERSION, else that engine's default),
 # only that engine's full pass runs. A stack that was already running with the
@@ -23,6 +25,7 @@ else
     "opensearch default full"
     "elasticsearch 8.19.21 full"
     "opensearch 2.19.6 full"
+    "elasticsearch default security"
   )
 fi
 
@@ -49,6 +52,7 @@ for pass in "${passes[@]}"; do
   read -r engine version scope <<<"$pass"
   export CITYPOP_ENGINE=$engine
   if [[ $version == default ]]; then unset CITYPOP_ENGINE_VERSION; else export CITYPOP_ENGINE_VERSION=$version; fi
+  if [[ $scope == security ]]; then export CITYPOP_ENGINE_SECURITY=on; else unset CITYPOP_ENGINE_SECURITY; fi
   pass_started=$(date +%s)
   if "$stack" status >/dev/null 2>&1; then
     endpoints=$("$stack" env)
@@ -56,12 +60,15 @@ for pass in "${passes[@]}"; do
     endpoints=$("$stack" up)
     started=yes
   fi
-  # NAME=value lines: Kafka's listeners and its CA, the engine's URL, ENGINE_NAME
-  # and ENGINE_VERSION.
+  # NAME=value lines: Kafka's listeners and its CA, the engine's URL (and with
+  # security its CA and admin user), ENGINE_NAME and ENGINE_VERSION.
+  unset ELASTICSEARCH_CA_FILE ELASTICSEARCH_USERNAME ELASTICSEARCH_PASSWORD
   while IFS='=' read -r name value; do export "$name=$value"; done <<<"$endpoints"
   label="$ENGINE_NAME $ENGINE_VERSION ($scope)"
+  # The engine security tests need the secured engine; every other test the plain one.
+  if [[ $scope == security ]]; then filter=(engine_security::); else filter=(--skip engine_security::); fi
   echo "==> end-to-end tests, $label: $ELASTICSEARCH_URL, Kafka at $KAFKA_BOOTSTRAP_SERVERS"
-  cargo test -p citypop-tests --locked --test e2e -- --test-threads="${CITYPOP_TEST_THREADS:-4}" 2>&1 |
+  cargo test -p citypop-tests --locked --test e2e -- --test-threads="${CITYPOP_TEST_THREADS:-4}" "${filter[@]}" 2>&1 |
     tee -a "$results" | tee >(grep '^test result:' | sed "s/^/$label: /" >>"$timings")
   if [[ -z "${bench_smoked:-}" ]]; then
     # Keeps the benchmark tool working; a smoke run's numbers mean nothing.

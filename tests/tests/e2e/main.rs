@@ -4,7 +4,8 @@
 mod api;
 mod common;
 mod dlq;
+mod engine_security;
 mod indexer;
+mod kafka_security;
 mod pipeline;
 mod replay;
-mod security;
