@@ -17,7 +17,7 @@ ENGINE_ADMIN_PASSWORD=citypop-admin-secret
 ENGINE_USERS="citypop-admin:citypop-admin-secret:superuser
 citypop-indexer:citypop-indexer-secret:citypop_indexer
 citypop-reader:citypop-reader-secret:citypop_reader
-citypop-template-only:citypop-template-only-secret:citypop_template_only"
+citypop-initial-only:citypop-initial-only-secret:citypop_initial_index_only"
 
 # The newest release of each line that Maven Central publishes as an integ-test-zip
 # and that passed the end-to-end tests here.
