@@ -239,10 +239,12 @@ cmd_down() {
 # Deletes data, logs and certificates of every component; keeps the downloads.
 purge_data() {
   [ -f "$STACK_DIR/.citypop-stack" ] || die "$STACK_DIR has no .citypop-stack marker; not deleting it"
-  local dir
-  for dir in "$STACK_DIR"/kafka "$STACK_DIR"/engine "$STACK_DIR"/tls "$STACK_DIR"/elasticsearch-* "$STACK_DIR"/opensearch-*; do
+  local dir base
+  base=$(engine_base)
+  for dir in "$STACK_DIR"/kafka "$STACK_DIR"/tls "$base"/engine "$base"/elasticsearch-* "$base"/opensearch-*; do
     if [ -e "$dir" ]; then rm -rf "$dir"; fi
   done
+  if [ "$base" != "$STACK_DIR" ]; then rm -rf "$base" "$STACK_DIR/engine.base"; fi
   say "deleted data and logs under $STACK_DIR (kept the downloads in $CACHE_DIR)"
 }
 
@@ -252,6 +254,7 @@ cmd_clean() {
   [ -d "$STACK_DIR" ] || return 0
   [ -f "$STACK_DIR/.citypop-stack" ] || die "$STACK_DIR has no .citypop-stack marker; not deleting it"
   rm -rf "$LOCK_DIR"; trap - EXIT
+  if [ "$(engine_base)" != "$STACK_DIR" ]; then rm -rf "$(engine_base)"; fi
   rm -rf "${STACK_DIR:?}"
   say "deleted $STACK_DIR"
 }

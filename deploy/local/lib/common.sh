@@ -36,7 +36,17 @@ marked_pids() {
   done
 }
 
-comp_dir() { printf '%s/%s' "$STACK_DIR" "$1"; }                # kafka | engine
+# kafka | engine. The engine's files may live apart from the stack dir (engine_base).
+comp_dir() {
+  if [ "$1" = engine ]; then printf '%s/engine' "$(engine_base)"; else printf '%s/%s' "$STACK_DIR" "$1"; fi
+}
+
+# Where the engine's homes and run dir live: the stack dir, unless the engine's own
+# user cannot enter it (a clone under /root, run as root), in which case `up` chose a
+# directory of its own under /var/tmp and wrote it down in <stack dir>/engine.base.
+engine_base() {
+  if [ -s "$STACK_DIR/engine.base" ]; then cat "$STACK_DIR/engine.base"; else printf '%s' "$STACK_DIR"; fi
+}
 pid_file() { printf '%s/%s.pid' "$(comp_dir "$1")" "$1"; }
 out_file() { printf '%s/%s.out' "$(comp_dir "$1")" "$1"; }      # JVM stdout/stderr
 conf_file() { printf '%s/running.conf' "$(comp_dir "$1")"; }    # settings it was started with

@@ -45,7 +45,7 @@ engine_artifact() {
 
 engine_conf() { printf 'engine=%s version=%s port=%s transport_port=%s security=%s heap=%s' \
   "$ENGINE" "$ENGINE_VERSION" "$ENGINE_PORT" "$ENGINE_TRANSPORT_PORT" "$ENGINE_SECURITY" "$ENGINE_HEAP"; }
-engine_home() { printf '%s/%s-%s' "$STACK_DIR" "$1" "$2"; }
+engine_home() { printf '%s/%s-%s' "$(engine_base)" "$1" "$2"; }
 engine_zip() { printf '%s/dist/%s-%s.zip' "$CACHE_DIR" "$1" "$2"; }
 # The server log of the running (or last started) engine.
 engine_log() {
@@ -99,18 +99,32 @@ as_engine_user() {
   if as_root; then runuser -u "$ENGINE_OS_USER" -- "$@"; else "$@"; fi
 }
 
-# When root: the system user exists and owns the engine's home and run dir, and can
-# reach them (a stack dir under a private home directory would be out of its reach).
-prepare_engine_user() {
+# When root: the system user exists, and the engine's files live where it can enter:
+# the stack dir, or, when that sits below a directory closed to other users (a clone
+# under /root), a directory of the stack's own under /var/tmp.
+choose_engine_base() {
   as_root || return 0
   if ! id "$ENGINE_OS_USER" >/dev/null 2>&1; then
     say "creating the system user $ENGINE_OS_USER to run $ENGINE (it refuses to run as root)"
     useradd -r -M -d /nonexistent -s /usr/sbin/nologin "$ENGINE_OS_USER" ||
       die "could not create the user $ENGINE_OS_USER"
   fi
+  [ -s "$STACK_DIR/engine.base" ] && return 0
+  runuser -u "$ENGINE_OS_USER" -- test -x "$STACK_DIR" && return 0
+  local base
+  base=/var/tmp/citypop-engine-$(printf '%s' "$STACK_DIR" | sha256sum | cut -c1-12)
+  mkdir -p "$base"
+  chmod 755 "$base"
+  echo "$base" >"$STACK_DIR/engine.base"
+  say "$ENGINE_OS_USER cannot enter $STACK_DIR: the engine's files go to $base"
+}
+
+# When root: the engine's user owns its home and run dir.
+prepare_engine_user() {
+  as_root || return 0
   chown -R "$ENGINE_OS_USER:" "$1" "$(comp_dir engine)"
   runuser -u "$ENGINE_OS_USER" -- test -w "$1/config" ||
-    die "$ENGINE_OS_USER cannot reach $1: put CITYPOP_STACK_DIR where every user may enter (e.g. not under /root)"
+    die "$ENGINE_OS_USER cannot write $1/config"
 }
 
 # The template's @NAME@ placeholders are these locals, read by render.
@@ -148,8 +162,10 @@ ensure_engine_users() {
 start_engine() {
   local home run opts
   home=$(engine_home "$ENGINE" "$ENGINE_VERSION")
-  run=$(comp_dir engine)
   find_engine_java
+  choose_engine_base
+  home=$(engine_home "$ENGINE" "$ENGINE_VERSION")
+  run=$(comp_dir engine)
   install_engine
   mkdir -p "$run"
   write_engine_config "$home"
