@@ -177,6 +177,11 @@ check_ports_free() {
   return 0
 }
 
+# The engines of the stack.sh before the integ-test-zips (codelibs runners), whose
+# pid files were <stack dir>/<engine>/<engine>.pid: `down` stops them too, so a stack
+# started before an update can still be stopped.
+LEGACY_ENGINES="elasticsearch opensearch"
+
 print_endpoints() {
   kafka_endpoints
   engine_endpoints
@@ -192,6 +197,13 @@ cmd_up() {
   acquire_lock
   local started kpid epid
   started=$(now)
+  local legacy
+  for legacy in $LEGACY_ENGINES; do
+    epid=$(running_pid "$legacy")
+    if [ -n "$epid" ]; then
+      die "$legacy started by an earlier stack.sh (a codelibs runner, pid $epid) is running; run '$0 down' first"
+    fi
+  done
   kpid=$(running_pid kafka)
   epid=$(running_pid engine)
   [ -n "$kpid" ] && check_running_matches kafka "$(kafka_conf)"
@@ -221,7 +233,7 @@ cmd_down() {
   [ -d "$STACK_DIR" ] || { say "nothing to stop ($STACK_DIR does not exist)"; return 0; }
   acquire_lock
   # SIGTERM everything first, then wait: the shutdowns overlap.
-  for comp in kafka engine; do
+  for comp in kafka engine $LEGACY_ENGINES; do
     pid=$(running_pid "$comp")
     if [ -n "$pid" ]; then
       say "stopping $comp (pid $pid)"

@@ -19,9 +19,11 @@ export CITYPOP_KAFKA_PORT=29092 CITYPOP_KAFKA_CONTROLLER_PORT=29093 CITYPOP_KAFK
 unset CITYPOP_ENGINE_SECURITY
 
 decoy=""
+legacy=""
 cleanup() {
   "$stack" down >/dev/null 2>&1 || true
   if [ -n "$decoy" ]; then kill "$decoy" 2>/dev/null || true; fi
+  if [ -n "$legacy" ]; then kill "$legacy" 2>/dev/null || true; fi
   rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -94,6 +96,19 @@ check "status does not take a reused pid for the engine" contains "$out" "engine
 "$stack" down 2>"$dir/down2.err"
 check "down with pid files naming another process leaves it alone" alive "$decoy"
 check "and says nothing runs" contains "$(cat "$dir/down2.err")" "nothing running"
+
+# An engine left running by the stack.sh of before (its pid file and marker): `up`
+# refuses to start beside it and `down` stops it.
+mkdir -p "$CITYPOP_STACK_DIR/elasticsearch"
+# Started from a subshell, so that init, not this script, reaps it once killed.
+(python3 -c 'import time; time.sleep(600)' "-Dcitypop.stack=elasticsearch@$CITYPOP_STACK_DIR" &
+  echo $! >"$CITYPOP_STACK_DIR/elasticsearch/elasticsearch.pid")
+legacy=$(cat "$CITYPOP_STACK_DIR/elasticsearch/elasticsearch.pid")
+status=0; "$stack" up >/dev/null 2>"$dir/up4.err" || status=$?
+check "up refuses to start beside an engine of the earlier stack.sh" test "$status" -ne 0
+check "and says why" contains "$(cat "$dir/up4.err")" "started by an earlier stack.sh"
+"$stack" down 2>/dev/null
+check "down stops an engine of the earlier stack.sh" dead "$legacy"
 
 echo "$passed passed, $failed failed (stack script test)"
 [ "$failed" -eq 0 ]
