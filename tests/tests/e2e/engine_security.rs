@@ -425,3 +425,109 @@ async fn an_api_key_reaches_the_engine_as_one_and_an_unknown_one_keeps_reads_out
         "{text}"
     );
 }
+
+/// The classification rule of the indexer: a per-item 403 (a role without rights on
+/// the index) is an infrastructure failure, retried like a failed request and never
+/// dead-lettered; once the rights are there, everything is indexed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_indexer_whose_role_cannot_write_the_index_dead_letters_nothing() {
+    let stack = Stack::from_env();
+    let engine = Secured::from_env(&stack).await;
+    let names = Names::unique("norights");
+    let (indexer_user, indexer_password) = INDEXER_USER;
+    let rights = engine.basic_auth(indexer_user, indexer_password);
+    // The topics, template, first index and alias, made by a user who may.
+    run_indexer_command(&stack, &names, &["setup"], &rights, COMMAND_TIMEOUT).await;
+
+    // A replay moved the alias to a new index, which the role of the next indexer
+    // does not reach: it may write `<alias>-initial` only (citypop_initial_index_only),
+    // so its bulk requests pass and each item is refused with a 403.
+    let alias = &names.alias;
+    engine
+        .request(reqwest::Method::PUT, &format!("/{alias}-replayed"))
+        .json(&json!({"settings": {"number_of_replicas": 0}}))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .expect("creating the new index");
+    engine
+        .request(reqwest::Method::POST, "/_aliases")
+        .json(&json!({"actions": [
+            {"remove": {"index": format!("{alias}-initial"), "alias": alias}},
+            {"add": {"index": format!("{alias}-replayed"), "alias": alias, "is_write_index": true}}
+        ]}))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .expect("moving the alias");
+    let mut no_rights = engine.basic_auth("citypop-initial-only", "citypop-initial-only-secret");
+    no_rights.extend([
+        ("CITYPOP_RETRY_MIN_DELAY", "50ms".to_owned()),
+        ("CITYPOP_RETRY_MAX_DELAY", "500ms".to_owned()),
+    ]);
+    let indexer = spawn_indexer_with(&stack, &names, &no_rights, Readiness::Live).await;
+    let kafka = Kafka::connect(&stack.kafka);
+    let cities = ["Lima", "Quito", "Bogotá"];
+    for (i, city) in cities.iter().enumerate() {
+        kafka
+            .produce_update(&names.topic, city, 1_000 + i as i64)
+            .await;
+    }
+
+    // It tries, is refused (403 per item), retries, and never gives an event up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while indexer
+        .metric("citypop_indexer_retries_total{reason=\"item\"}")
+        .await
+        + indexer
+            .metric("citypop_indexer_retries_total{reason=\"request\"}")
+            .await
+        < 3.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the indexer did not retry the refused writes:\n{}",
+            indexer.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for reason in ["decode", "schema", "rejected"] {
+        let series = format!("citypop_indexer_dead_letters_total{{reason=\"{reason}\"}}");
+        assert_eq!(indexer.metric(&series).await, 0.0, "{series}");
+    }
+    let dead_letters = kafka.end_offsets(&format!("{}.dlq", names.topic));
+    assert!(
+        dead_letters.values().all(|&end| end == 0),
+        "dead letters: {dead_letters:?}"
+    );
+    let (status, body) = readiness(&indexer).await;
+    assert_eq!(
+        status, 503,
+        "an indexer that cannot write is not ready: {body}"
+    );
+    assert!(engine.documents(&names.alias).await.is_empty());
+    indexer.kill();
+
+    // With the rights, a new indexer of the same group indexes every event: nothing
+    // was committed past what was written.
+    let indexer = spawn_indexer_with(&stack, &names, &rights, Readiness::Ready).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let documents = engine.documents(&names.alias).await;
+        if documents.len() == cities.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "indexed {documents:?}:\n{}",
+            indexer.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        kafka
+            .end_offsets(&format!("{}.dlq", names.topic))
+            .values()
+            .all(|&end| end == 0)
+    );
+}
