@@ -1,6 +1,6 @@
 # citypop: `make run` starts everything, `make test` tests everything.
-# Settings (environment): CITYPOP_ENGINE=elasticsearch|opensearch, CITYPOP_KAFKA_PORT,
-# CITYPOP_ENGINE_PORT; see README.md for all of them.
+# Settings (environment): CITYPOP_ENGINE=elasticsearch|opensearch, CITYPOP_ENGINE_VERSION,
+# CITYPOP_KAFKA_PORT, CITYPOP_ENGINE_PORT; see README.md for all of them.
 
 SHELL := /bin/bash
 STACK := deploy/local/stack.sh
