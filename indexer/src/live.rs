@@ -16,7 +16,7 @@ use crate::dead_letter::DeadLetters;
 use crate::fetch::Flow;
 use crate::guard::TopicGuard;
 use crate::health::Health;
-use crate::metrics::Metrics;
+use crate::metrics::{GuardState, Metrics};
 use crate::offsets;
 use crate::pipeline::{FetchPlan, LoopError, Next, Pipeline};
 use crate::retry::Interrupted;
@@ -44,16 +44,6 @@ pub(crate) struct LiveIndexer {
     pub limits: BatchLimits,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
-}
-
-/// What the recreated-topic guard knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GuardState {
-    /// No answer yet: not knowing is not a pass, since consuming now could send
-    /// every write of a recreated topic into the index unseen.
-    Unknown,
-    Matches,
-    Recreated,
 }
 
 impl LiveIndexer {
@@ -139,15 +129,19 @@ impl LiveIndexer {
     /// topic matches or is refused, every `GUARD_RETRY` while it cannot tell.
     async fn run_guard(&self, state: &watch::Sender<GuardState>) -> std::convert::Infallible {
         loop {
-            let (now, wait) = match self.guard.check().await {
+            let (now, verdict, wait) = match self.guard.check().await {
                 Ok(Ok(())) => {
                     self.metrics.topic_recreated.set(0);
-                    (GuardState::Matches, GUARD_INTERVAL)
+                    (GuardState::Matches, None, GUARD_INTERVAL)
                 }
                 Ok(Err(mismatch)) => {
                     tracing::error!(error = %mismatch, "refusing to write");
                     self.metrics.topic_recreated.set(1);
-                    (GuardState::Recreated, GUARD_INTERVAL)
+                    (
+                        GuardState::Refusing,
+                        Some(mismatch.to_string()),
+                        GUARD_INTERVAL,
+                    )
                 }
                 // Metadata answers errors for a moment after a topic is created, so
                 // look again soon.
@@ -156,13 +150,13 @@ impl LiveIndexer {
                         error = format!("{error:#}"),
                         "recreated-topic check failed, retrying"
                     );
-                    (GuardState::Unknown, GUARD_RETRY)
+                    (GuardState::Unknown, Some(format!("{error:#}")), GUARD_RETRY)
                 }
             };
-            self.metrics.status.guard(match now {
-                GuardState::Matches => "matches".to_owned(),
-                GuardState::Unknown => "unknown: the check could not run".to_owned(),
-                GuardState::Recreated => "refusing".to_owned(),
+            self.metrics.guard(now);
+            self.metrics.status.guard(match verdict {
+                Some(why) => format!("{}: {why}", now.as_str()),
+                None => now.as_str().to_owned(),
             });
             state.send_if_modified(|was| std::mem::replace(was, now) != now);
             tokio::time::sleep(wait).await;

@@ -52,6 +52,29 @@ impl RetryReason {
     }
 }
 
+/// What the recreated-topic guard knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GuardState {
+    /// No answer yet: not knowing is not a pass, since consuming now could send
+    /// every write of a recreated topic into the index unseen.
+    Unknown,
+    Matches,
+    /// The topic is not the one the index was built from.
+    Refusing,
+}
+
+impl GuardState {
+    pub const ALL: [Self; 3] = [Self::Unknown, Self::Matches, Self::Refusing];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Matches => "matches",
+            Self::Refusing => "refusing",
+        }
+    }
+}
+
 /// Label values are written as the lower-case names dashboards and alerts use.
 macro_rules! label_value_as_str {
     ($($label:ty),*) => {$(
@@ -62,7 +85,7 @@ macro_rules! label_value_as_str {
         }
     )*};
 }
-label_value_as_str!(IndexedResult, RetryReason, DeadLetterReason);
+label_value_as_str!(IndexedResult, RetryReason, DeadLetterReason, GuardState);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct IndexedLabels {
@@ -77,6 +100,11 @@ struct RetryLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DeadLetterLabels {
     reason: DeadLetterReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct GuardLabels {
+    state: GuardState,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -102,6 +130,7 @@ pub struct Metrics {
     /// What `/status` reports beside the counters.
     pub status: Arc<StatusBoard>,
     pub dead_letters_writable: Gauge,
+    guard_state: Family<GuardLabels, Gauge>,
 }
 
 impl Metrics {
@@ -126,8 +155,10 @@ impl Metrics {
             },
             status,
             dead_letters_writable: Gauge::default(),
+            guard_state: Family::default(),
         };
         metrics.dead_letters_writable.set(1);
+        metrics.guard(GuardState::Unknown);
         let registry = registry.sub_registry_with_prefix("citypop_indexer");
         registry.register(
             "events_consumed",
@@ -200,11 +231,24 @@ impl Metrics {
             metrics.dead_letter.stubs.clone(),
         );
         registry.register(
+            "topic_guard",
+            "1 for the recreated-topic guard's current state (unknown: no answer yet, matches, refusing), 0 for the others",
+            metrics.guard_state.clone(),
+        );
+        registry.register(
             "dead_letters_writable",
             "0 while dead-letter writes fail (the indexer is then not ready: nothing behind the poison can be committed)",
             metrics.dead_letters_writable.clone(),
         );
         metrics
+    }
+
+    pub fn guard(&self, now: GuardState) {
+        for state in GuardState::ALL {
+            self.guard_state
+                .get_or_create(&GuardLabels { state })
+                .set(i64::from(state == now));
+        }
     }
 
     pub fn consumed(&self, count: usize) {

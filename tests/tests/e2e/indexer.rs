@@ -819,6 +819,12 @@ async fn a_topic_whose_partition_count_changed_is_refused() {
         "the log says why: {}",
         refusing.log()
     );
+    assert_eq!(
+        refusing
+            .metric("citypop_indexer_topic_guard{state=\"refusing\"}")
+            .await,
+        1.0
+    );
     wait_for_index(&stack, &names.alias, &expected).await;
 }
 
