@@ -105,6 +105,34 @@ pub struct TopicArgs {
     /// Replication factor of topics the indexer creates; -1 takes the broker's default.
     #[arg(long = "topic-replication-factor", env = "CITYPOP_TOPIC_REPLICATION_FACTOR", default_value_t = -1, allow_negative_numbers = true)]
     pub replication_factor: i32,
+
+    /// `min.insync.replicas` of topics the indexer creates: how many replicas must
+    /// have a write before it is acknowledged to a producer with `acks=all`
+    /// [default: 2 when the replication factor is 3 or more, 1 when it is 1 or 2,
+    /// the broker's own default when the replication factor is -1].
+    #[arg(
+        long = "topic-min-insync-replicas",
+        env = "CITYPOP_TOPIC_MIN_INSYNC_REPLICAS"
+    )]
+    pub min_insync_replicas: Option<i32>,
+
+    /// `retention.ms` of the dead-letter topic when the indexer creates it; -1 keeps
+    /// dead letters until they are redriven or deleted by hand.
+    #[arg(long = "dlq-retention-ms", env = "CITYPOP_DLQ_RETENTION_MS", default_value_t = -1, allow_negative_numbers = true)]
+    pub dlq_retention_ms: i64,
+}
+
+impl TopicArgs {
+    /// The `min.insync.replicas` created topics get; `None` leaves the broker's.
+    pub fn min_insync_replicas(&self) -> Option<i32> {
+        // With fewer than 3 replicas, 2 in sync would stop every write as soon as
+        // one broker is down.
+        self.min_insync_replicas.or(match self.replication_factor {
+            f if f >= 3 => Some(2),
+            f if f >= 1 => Some(1),
+            _ => None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -188,5 +216,36 @@ mod tests {
         assert_eq!(config.retry.max_delay, Duration::from_secs(30));
         assert_eq!(config.topics.partitions, 12);
         assert_eq!(config.index.replicas, 1);
+        assert_eq!(config.topics.dlq_retention_ms, -1);
+        assert_eq!(config.topics.min_insync_replicas(), None);
+    }
+
+    #[test]
+    fn min_insync_replicas_follow_the_replication_factor_unless_set() {
+        let topics = |args: &[&str]| {
+            Config::parse_from(std::iter::once("indexer").chain(args.iter().copied())).topics
+        };
+        assert_eq!(
+            topics(&["--topic-replication-factor", "3"]).min_insync_replicas(),
+            Some(2)
+        );
+        assert_eq!(
+            topics(&["--topic-replication-factor", "2"]).min_insync_replicas(),
+            Some(1)
+        );
+        assert_eq!(
+            topics(&["--topic-replication-factor", "1"]).min_insync_replicas(),
+            Some(1)
+        );
+        assert_eq!(
+            topics(&[
+                "--topic-replication-factor",
+                "5",
+                "--topic-min-insync-replicas",
+                "3"
+            ])
+            .min_insync_replicas(),
+            Some(3)
+        );
     }
 }

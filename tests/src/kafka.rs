@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use citypop_schemas::event::{self, CityPopulationUpdated, Codec};
-use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, ConfigSource, NewTopic, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -228,6 +230,58 @@ impl Kafka {
                 _ => None,
             })
             .collect()
+    }
+
+    fn admin(&self) -> AdminClient<DefaultClientContext> {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("creating an admin client")
+    }
+
+    /// Creates `topic` with `partitions` and topic-level `configs`, as someone other
+    /// than the indexer might have.
+    pub async fn create_topic(&self, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+        let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        for (name, value) in configs {
+            new_topic = new_topic.set(name, value);
+        }
+        let results = self
+            .admin()
+            .create_topics(
+                [&new_topic],
+                &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+            )
+            .await
+            .expect("creating the topic");
+        for result in results {
+            result.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
+        }
+    }
+
+    /// The value of a topic's config (e.g. `retention.ms`) and whether it was set on
+    /// the topic itself rather than inherited from the broker.
+    pub async fn topic_config(&self, topic: &str, name: &str) -> (Option<String>, bool) {
+        let described = self
+            .admin()
+            .describe_configs(
+                [&ResourceSpecifier::Topic(topic)],
+                &AdminOptions::new().request_timeout(Some(TIMEOUT)),
+            )
+            .await
+            .expect("describing the topic");
+        let resource = described
+            .into_iter()
+            .next()
+            .expect("one resource")
+            .unwrap_or_else(|e| panic!("describing {topic}: {e}"));
+        let entry = resource
+            .get(name)
+            .unwrap_or_else(|| panic!("{topic} has no config {name}"));
+        (
+            entry.value.clone(),
+            entry.source == ConfigSource::DynamicTopic,
+        )
     }
 
     /// Deletes `topic` and waits until the broker no longer lists it.

@@ -8,3 +8,4 @@ mod indexer;
 mod pipeline;
 mod replay;
 mod security;
+mod topics;
