@@ -162,6 +162,17 @@ pub struct ReplayArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+
+    /// Replay a topic whose `cleanup.policy` is not `compact`. With `delete`, cities
+    /// not updated within the retention are gone from the topic, and the new index
+    /// would lack them.
+    #[arg(long)]
+    pub allow_incomplete: bool,
+
+    /// Swap even when the new index holds fewer live documents than the old one,
+    /// beyond the messages replay could not index.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
