@@ -179,8 +179,11 @@ pub struct ReplayArgs {
 pub enum DlqCommand {
     /// Show dead letters with their reason, error and origin.
     List(DlqListArgs),
-    /// Republish dead letters to the main topic (after a fix). Each reason has its own
-    /// consumer group on the dead-letter topic, so nothing is redriven twice.
+    /// Republish dead letters to the main topic (after a fix): only a key's newest
+    /// dead letter, once, and never one whose key has a newer event indexed (it is
+    /// reported as superseded). Each reason has its own consumer group on the
+    /// dead-letter topic, committed as it goes, so nothing is redriven twice and a
+    /// stopped redrive resumes.
     Redrive(DlqRedriveArgs),
 }
 
@@ -208,6 +211,17 @@ pub struct DlqRedriveArgs {
     /// Count what would be republished and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// How long to wait for the live indexer's group to commit up to the end
+    /// offsets of the main topic taken at the start: only then can the index tell
+    /// which dead letters are superseded by a newer event.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub wait_for_indexer: Duration,
+
+    /// Print the counts as JSON (redriven per reason, superseded, duplicates,
+    /// skipped, examined), for a job that acts on them.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[cfg(test)]

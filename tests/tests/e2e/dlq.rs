@@ -12,7 +12,7 @@ use citypop_tests::{
 };
 use serde_json::Value;
 
-use crate::common::{CATCH_UP, wait_for_metric};
+use crate::common::{CATCH_UP, wait_for_committed, wait_for_metric};
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -171,6 +171,8 @@ async fn redrive_after_a_schema_fix_indexes_the_dead_letters_exactly_once() {
         FUTURE as f64,
     )
     .await;
+    // Committed, so the fixed indexer does not read them again and index them itself.
+    wait_for_committed(&kafka, &names.group, &names.topic).await;
     drop(indexer);
 
     // The fix: the indexer learns the new schema.
@@ -243,4 +245,113 @@ async fn redrive_after_a_schema_fix_indexes_the_dead_letters_exactly_once() {
             record.headers
         );
     }
+}
+
+/// The population the index holds for `key`, once the doc reaches `population`, or
+/// panics after `CATCH_UP`.
+async fn wait_for_population(stack: &Stack, alias: &str, key: &str, population: i64) {
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        let docs = documents(&stack.elasticsearch, alias).await;
+        if docs.get(key).is_some_and(|d| d["population"] == population) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{key} never reached {population}: {:?}",
+            docs.get(key)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_never_writes_old_over_new_skips_duplicates_and_keeps_key_order() {
+    let stack = Stack::from_env();
+    let names = Names::unique("redriveorder");
+    let kafka = Kafka::connect(&stack.kafka);
+    let dlq = format!("{}.dlq", names.topic);
+    let indexer = spawn_indexer(&stack, &names).await;
+
+    // paris@a is dead-lettered (a schema the indexer does not know yet), then the
+    // newer paris@b is indexed.
+    kafka
+        .produce(&names.topic, "paris", Some(&encode_v2("Paris", 100)), &[])
+        .await;
+    // lyon@c and lyon@d are both dead-lettered.
+    kafka
+        .produce(&names.topic, "lyon", Some(&encode_v2("Lyon", 1)), &[])
+        .await;
+    kafka
+        .produce(&names.topic, "lyon", Some(&encode_v2("Lyon", 2)), &[])
+        .await;
+    wait_for_metric(
+        &indexer,
+        "citypop_indexer_dead_letters_total{reason=\"schema\"}",
+        3.0,
+    )
+    .await;
+    kafka.produce_update(&names.topic, "Paris", 150).await;
+    wait_for_population(&stack, &names.alias, "paris", 150).await;
+
+    // Dead letters written twice (a re-delivered batch), lyon@c's copy after
+    // lyon@d's: the DLQ now holds lyon's letters out of origin order.
+    let mut lyon: Vec<_> = kafka
+        .read_all(&dlq)
+        .into_iter()
+        .filter(|l| l.key.as_deref() == Some(&b"lyon"[..]))
+        .collect();
+    assert_eq!(lyon.len(), 2, "{lyon:?}");
+    lyon.sort_by_key(|l| l.headers["citypop.dlq.offset"].parse::<i64>().unwrap());
+    for letter in [&lyon[1], &lyon[0]] {
+        let headers: Vec<(&str, &str)> = letter
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        kafka
+            .produce(&dlq, "lyon", letter.payload.as_deref(), &headers)
+            .await;
+    }
+    // Committed, so the fixed indexer does not read them again and index them itself.
+    wait_for_committed(&kafka, &names.group, &names.topic).await;
+    drop(indexer);
+
+    // The fix: the indexer learns the new schema.
+    let schema_dir =
+        std::env::temp_dir().join(format!("citypop-schemas-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&schema_dir).unwrap();
+    std::fs::write(
+        schema_dir.join("city_population_updated.v2.avsc"),
+        SCHEMA_V2,
+    )
+    .unwrap();
+    let fixed = [("CITYPOP_SCHEMA_DIR", schema_dir.display().to_string())];
+    let indexer = spawn_indexer_with(&stack, &names, &fixed, Readiness::Ready).await;
+
+    let output =
+        run_indexer_command(&stack, &names, &["dlq", "redrive"], &[], COMMAND_TIMEOUT).await;
+    assert!(
+        output.contains("redriven 1 ")
+            && output.contains("3 superseded")
+            && output.contains("1 duplicates"),
+        "only lyon@d is redriven: {output}"
+    );
+    wait_for_population(&stack, &names.alias, "lyon", 2).await;
+    // paris@a would have come before lyon@d: had it been redriven, it is indexed now.
+    let docs = documents(&stack.elasticsearch, &names.alias).await;
+    assert_eq!(docs["paris"]["population"], 150, "{:?}", docs["paris"]);
+    let redriven: Vec<_> = kafka
+        .read_all(&names.topic)
+        .into_iter()
+        .filter(|r| r.headers.contains_key("citypop.redriven_from"))
+        .collect();
+    assert_eq!(redriven.len(), 1, "{redriven:?}");
+    drop(indexer);
+
+    // The topic still holds paris@b as the newest paris: a rebuild agrees.
+    run_indexer_command(&stack, &names, &["replay"], &fixed, COMMAND_TIMEOUT).await;
+    let docs = documents(&stack.elasticsearch, &names.alias).await;
+    assert_eq!(docs["paris"]["population"], 150, "{:?}", docs["paris"]);
+    assert_eq!(docs["lyon"]["population"], 2, "{:?}", docs["lyon"]);
 }
