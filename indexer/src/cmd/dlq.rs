@@ -359,6 +359,14 @@ pub async fn redrive(config: &Config, args: &DlqRedriveArgs) -> anyhow::Result<(
                 *n = (*n).max(offsets::next_after(message.offset()));
             }
             counts.examined += 1;
+            since_commit += 1;
+            if !args.dry_run && since_commit > REDRIVE_COMMIT_EVERY {
+                since_commit = 1;
+                // Everything before this dead letter is acknowledged or decided.
+                let mut done = next.clone();
+                done.insert(partition, message.offset());
+                commit(&consumer, &dlq_topic, &done, &group).await?;
+            }
             if header_text(&message, dead_letter::HEADER_REASON).as_deref() != Some(reason.as_str())
             {
                 continue;
@@ -390,12 +398,6 @@ pub async fn redrive(config: &Config, args: &DlqRedriveArgs) -> anyhow::Result<(
                     );
                     counts.skipped += 1;
                 }
-            }
-            since_commit += 1;
-            // Everything up to this letter is acknowledged or decided.
-            if !args.dry_run && since_commit >= REDRIVE_COMMIT_EVERY {
-                since_commit = 0;
-                commit(&consumer, &dlq_topic, &next, &group).await?;
             }
         }
         if !args.dry_run {

@@ -8,7 +8,8 @@ use citypop_schemas::CityKey;
 use citypop_tests::engine::{create_narrow_index, documents};
 use citypop_tests::kafka::{Kafka, now_micros};
 use citypop_tests::{
-    Names, Readiness, Stack, run_indexer_command, spawn_indexer, spawn_indexer_with,
+    Names, Readiness, Stack, indexer_command_builder, run_indexer_command, spawn_indexer,
+    spawn_indexer_with,
 };
 use serde_json::Value;
 
@@ -354,4 +355,104 @@ async fn redrive_never_writes_old_over_new_skips_duplicates_and_keeps_key_order(
     let docs = documents(&stack.elasticsearch, &names.alias).await;
     assert_eq!(docs["paris"]["population"], 150, "{:?}", docs["paris"]);
     assert_eq!(docs["lyon"]["population"], 2, "{:?}", docs["lyon"]);
+}
+
+/// Writes the v2 schema where an indexer can read it: the fix for `schema` dead letters.
+fn schema_fix() -> [(&'static str, String); 1] {
+    let schema_dir =
+        std::env::temp_dir().join(format!("citypop-schemas-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&schema_dir).unwrap();
+    std::fs::write(
+        schema_dir.join("city_population_updated.v2.avsc"),
+        SCHEMA_V2,
+    )
+    .unwrap();
+    [("CITYPOP_SCHEMA_DIR", schema_dir.display().to_string())]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_redrive_resumes_where_it_stopped() {
+    use futures::StreamExt;
+    const LETTERS: usize = 1000;
+    let stack = Stack::from_env();
+    let names = Names::unique("redriveresume");
+    let kafka = Kafka::connect(&stack.kafka);
+    let dlq = format!("{}.dlq", names.topic);
+    let indexer = spawn_indexer(&stack, &names).await;
+    futures::stream::iter(0..LETTERS)
+        .map(|i| {
+            let (kafka, topic) = (&kafka, &names.topic);
+            async move {
+                let city = format!("Resume City {i}");
+                let key = CityKey::parse(&city).unwrap().as_str().to_owned();
+                kafka
+                    .produce(topic, &key, Some(&encode_v2(&city, i as i64)), &[])
+                    .await
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    wait_for_metric(
+        &indexer,
+        "citypop_indexer_dead_letters_total{reason=\"schema\"}",
+        LETTERS as f64,
+    )
+    .await;
+    wait_for_committed(&kafka, &names.group, &names.topic).await;
+    drop(indexer);
+    let fixed = schema_fix();
+    let _indexer = spawn_indexer_with(&stack, &names, &fixed, Readiness::Ready).await;
+
+    // Killed (as a crash would) once it has committed part of its work.
+    let group = format!("{}.redrive.schema", names.group);
+    let mut first = indexer_command_builder(
+        &stack,
+        &names,
+        &["dlq", "redrive", "--reason", "schema"],
+        &[],
+    )
+    .spawn()
+    .expect("starting the redrive");
+    let deadline = Instant::now() + CATCH_UP;
+    let stopped_at = loop {
+        let committed = kafka.committed(&group, &dlq).get(&0).copied().unwrap_or(0);
+        if committed > 0 && committed < LETTERS as i64 {
+            first.start_kill().expect("killing the redrive");
+            break committed;
+        }
+        assert!(
+            first.try_wait().expect("redrive status").is_none(),
+            "the redrive ended without committing part of its progress (committed {committed})"
+        );
+        assert!(Instant::now() < deadline, "the redrive committed nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    first.wait().await.expect("the killed redrive");
+
+    let second = run_indexer_command(
+        &stack,
+        &names,
+        &["dlq", "redrive", "--reason", "schema", "--json"],
+        &[],
+        COMMAND_TIMEOUT,
+    )
+    .await;
+    let counts: Value = serde_json::from_str(&second).unwrap_or_else(|e| panic!("{second}: {e}"));
+    assert_eq!(
+        counts["examined"],
+        LETTERS as i64 - stopped_at,
+        "it resumed at {stopped_at}: {counts}"
+    );
+    // What the killed run republished after its last commit is indexed by now, so the
+    // second run finds those superseded rather than republishing them again.
+    let redriven = kafka
+        .read_all(&names.topic)
+        .into_iter()
+        .filter(|r| r.headers.contains_key("citypop.redriven_from"))
+        .count();
+    assert_eq!(
+        redriven, LETTERS,
+        "each dead letter republished once: {counts}"
+    );
 }
