@@ -91,7 +91,8 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
             .context("creating the replay consumer")?,
     );
     let policy = setup::cleanup_policy(&*setup::admin_client(config)?, &topic).await?;
-    if !setup::is_compacted(&policy) && !args.allow_incomplete {
+    let incomplete = !setup::is_compacted(&policy);
+    if incomplete && !args.allow_incomplete && !args.dry_run {
         bail!(
             "topic {topic} has cleanup.policy {policy:?}, not \"compact\": cities not updated \
              within its retention are gone from it, so the new index would lack them; pass \
@@ -112,6 +113,16 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         );
         for (partition, (low, high)) in &start_marks {
             println!("    partition {partition}: offsets {low}..{high}");
+        }
+        if incomplete {
+            println!(
+                "  cleanup.policy {policy:?}, not \"compact\": the topic may have lost cities; {}",
+                if args.allow_incomplete {
+                    "replayed anyway (--allow-incomplete)"
+                } else {
+                    "refused without --allow-incomplete"
+                }
+            );
         }
         println!("  new index {index} (replicas 0 and refresh off while loading)");
         println!(

@@ -382,6 +382,18 @@ async fn replay_refuses_a_topic_that_is_not_compacted_unless_told() {
     load(&kafka, &names.topic, &mut expected, "Old City", 20, 20, 0).await;
     wait_for_index(&stack, &names.alias, &expected).await;
 
+    let plan = run_indexer_command(
+        &stack,
+        &names,
+        &["replay", "--dry-run"],
+        &[],
+        REPLAY_TIMEOUT,
+    )
+    .await;
+    assert!(
+        plan.contains("refused without --allow-incomplete"),
+        "{plan}"
+    );
     let refused = indexer_command(&stack, &names, &["replay"], &[], REPLAY_TIMEOUT).await;
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "replay ran: {stderr}");
