@@ -1,11 +1,11 @@
 # citypop: `make run` starts everything, `make test` tests everything.
-# Settings (environment): CITYPOP_ENGINE=elasticsearch|opensearch, CITYPOP_KAFKA_PORT,
-# CITYPOP_ENGINE_PORT; see README.md for all of them.
+# Settings (environment): CITYPOP_ENGINE=elasticsearch|opensearch, CITYPOP_ENGINE_VERSION,
+# CITYPOP_KAFKA_PORT, CITYPOP_ENGINE_PORT; see README.md for all of them.
 
 SHELL := /bin/bash
 STACK := deploy/local/stack.sh
 
-.PHONY: help run test lint lint-deploy build stack-up stack-down stack-status
+.PHONY: help run test bench lint lint-deploy build stack-up stack-down stack-status
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'

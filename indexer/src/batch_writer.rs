@@ -186,11 +186,13 @@ impl<S: BulkSink, P: PoisonSink> BatchWriter<S, P> {
     ) -> Result<(), Interrupted> {
         self.poison.take(message, cause).await?;
         self.metrics.dead_lettered(cause.reason);
+        self.metrics.status.dead_lettered();
         Ok(())
     }
 
     fn indexed(&self, result: IndexedResult, write: &Write) {
         self.metrics.indexed(result);
+        self.metrics.status.indexed();
         let now = chrono::Utc::now().timestamp_micros();
         self.metrics
             .end_to_end((now - write.occurred_at_micros).max(0) as f64 / 1e6);
@@ -265,8 +267,12 @@ impl<S: BulkSink, P: PoisonSink> BatchWriter<S, P> {
         let refs: Vec<&Write> = writes.iter().collect();
         let attempts = match self.sink.send(&refs).await {
             Ok(attempts) => attempts,
-            Err(error) => return Attempted::RequestFailed { writes, error },
+            Err(error) => {
+                self.metrics.status.error("bulk", &error.0);
+                return Attempted::RequestFailed { writes, error };
+            }
         };
+        self.metrics.status.engine_answered();
         self.metrics
             .bulk_sent(refs.len(), started.elapsed().as_secs_f64());
         let mut done = Vec::with_capacity(writes.len());
@@ -283,11 +289,14 @@ impl<S: BulkSink, P: PoisonSink> BatchWriter<S, P> {
         }
         match last_error {
             None => Attempted::AllDone(done),
-            Some(last_error) => Attempted::SomeToRetry {
-                done,
-                retry,
-                last_error,
-            },
+            Some(last_error) => {
+                self.metrics.status.error("bulk", &last_error);
+                Attempted::SomeToRetry {
+                    done,
+                    retry,
+                    last_error,
+                }
+            }
         }
     }
 }

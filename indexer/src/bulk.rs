@@ -16,7 +16,7 @@ pub enum ItemOutcome {
     Deleted,
     /// A version conflict: the index already holds this event or a newer one.
     Stale,
-    /// The engine refused the document itself (other 4xx): dead-letter it.
+    /// The engine refused the document itself (a document error): dead-letter it.
     Rejected(String),
 }
 
@@ -25,8 +25,9 @@ pub enum ItemOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ItemAttempt {
     Done(ItemOutcome),
-    /// The engine is overloaded or failing (429, 5xx, a write block): send the item
-    /// again.
+    /// The engine is overloaded, failing, or refuses for a reason that is not the
+    /// document's (429, 5xx, a write block, rights, a missing index or write index):
+    /// send the item again.
     Retry(String),
 }
 
@@ -191,18 +192,29 @@ pub fn classify(item: &ItemResult, is_delete: bool) -> ItemAttempt {
         200..=299 if item.result.as_deref() == Some("created") => Done(ItemOutcome::Created),
         200..=299 => Done(ItemOutcome::Updated),
         409 => Done(ItemOutcome::Stale),
-        429 | 500..=599 => Retry(error()),
-        // A write block is the engine's way of saying "not now": the disk
-        // flood-stage guard sets one, and so does a replay while it swaps the alias.
-        403 if item
-            .error
-            .as_ref()
-            .is_some_and(|e| e["type"] == "cluster_block_exception") =>
-        {
-            Retry(error())
-        }
-        _ => Done(ItemOutcome::Rejected(error())),
+        // Only the document itself is poison. Any other failure of an item (a
+        // role without rights on a new index, a missing index, an alias without a
+        // write index, 429/5xx, a write block, no status at all) says nothing about
+        // the document: dead-lettering it would drain the whole stream into the
+        // dead-letter topic, so it is retried like a failed request.
+        429 => Retry(error()),
+        400..=499 if is_document_error(item.error.as_ref()) => Done(ItemOutcome::Rejected(error())),
+        _ => Retry(error()),
     }
+}
+
+/// Error types that blame the document (its JSON, a field's value, a field the
+/// strict mapping does not know), as Elasticsearch and OpenSearch name them.
+const DOCUMENT_ERRORS: [&str; 3] = [
+    "mapper_parsing_exception",
+    "document_parsing_exception",
+    "strict_dynamic_mapping_exception",
+];
+
+fn is_document_error(error: Option<&Value>) -> bool {
+    error
+        .and_then(|e| e["type"].as_str())
+        .is_some_and(|kind| DOCUMENT_ERRORS.contains(&kind))
 }
 
 /// Error bodies can be large; the first KiB says what went wrong.
@@ -223,7 +235,7 @@ mod tests {
         ItemResult {
             status,
             result: result.map(str::to_owned),
-            error: (status >= 300).then(|| json!({"type": "x"})),
+            error: (status >= 300).then(|| json!({"type": "mapper_parsing_exception"})),
         }
     }
 
@@ -255,10 +267,68 @@ mod tests {
             classify(&item(400, None), false),
             ItemAttempt::Done(ItemOutcome::Rejected(_))
         ));
+        let write_block = ItemResult {
+            status: 403,
+            result: None,
+            error: Some(json!({"type": "cluster_block_exception"})),
+        };
         assert!(matches!(
-            classify(&item(404, None), false),
-            ItemAttempt::Done(ItemOutcome::Rejected(_))
+            classify(&write_block, false),
+            ItemAttempt::Retry(_)
         ));
+    }
+
+    fn failed(status: Option<u16>, error: Value) -> ItemResult {
+        ItemResult {
+            status: status.unwrap_or_default(),
+            result: None,
+            error: Some(error),
+        }
+    }
+
+    #[test]
+    fn only_document_errors_are_poison() {
+        for kind in [
+            "mapper_parsing_exception",
+            "document_parsing_exception",
+            "strict_dynamic_mapping_exception",
+        ] {
+            let item = failed(
+                Some(400),
+                json!({"type": kind, "reason": "field [population]"}),
+            );
+            assert!(
+                matches!(classify(&item, false), ItemAttempt::Done(ItemOutcome::Rejected(e)) if e.starts_with(kind)),
+                "{kind} is the document's fault"
+            );
+        }
+    }
+
+    #[test]
+    fn infrastructure_errors_of_an_item_are_retried_never_dead_lettered() {
+        let cases = [
+            (
+                Some(403),
+                json!({"type": "security_exception", "reason": "action [indices:data/write/bulk[s]] is unauthorized"}),
+            ),
+            (
+                Some(404),
+                json!({"type": "index_not_found_exception", "reason": "no such index [cities-2]"}),
+            ),
+            (
+                Some(400),
+                json!({"type": "illegal_argument_exception", "reason": "no write index is defined for alias [cities]"}),
+            ),
+            (None, json!({"type": "some_new_exception", "reason": "?"})),
+        ];
+        for (status, error) in cases {
+            let kind = error["type"].as_str().unwrap().to_owned();
+            let attempt = classify(&failed(status, error), false);
+            assert!(
+                matches!(&attempt, ItemAttempt::Retry(e) if e.starts_with(&kind)),
+                "{kind}: {attempt:?}"
+            );
+        }
     }
 
     #[test]

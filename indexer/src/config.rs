@@ -65,6 +65,13 @@ pub struct Config {
     #[command(flatten)]
     pub retry: RetryPolicy,
 
+    /// Longest time between two polls of the consumer before Kafka counts the member
+    /// as stuck and takes its partitions away (librdkafka's `max.poll.interval.ms`;
+    /// the indexer polls while it retries or waits, so this only trips on a real
+    /// hang). The session timeout is kept at or below it.
+    #[arg(long, env = "CITYPOP_MAX_POLL_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_poll_interval: Duration,
+
     /// How often stored offsets are committed to Kafka.
     #[arg(long, env = "CITYPOP_COMMIT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub commit_interval: Duration,
@@ -144,6 +151,8 @@ pub enum Command {
     Setup,
     /// Rebuild the index from the topic into a new index, then swap the alias to it.
     Replay(ReplayArgs),
+    /// Show a running indexer's status (asks its `/status` on the health address).
+    Status(StatusArgs),
     /// Inspect or republish dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -173,6 +182,18 @@ pub struct ReplayArgs {
     /// beyond the messages replay could not index.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// The indexer's health address [default: the health listen address, with
+    /// 0.0.0.0 read as 127.0.0.1].
+    #[arg(long)]
+    pub url: Option<String>,
+
+    /// Print the JSON answer instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]

@@ -1,6 +1,7 @@
 //! Stage 1, consume: the consumer group this indexer is a member of.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -9,6 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
+use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -16,6 +18,14 @@ use crate::offsets;
 
 /// How often librdkafka reports lag and committed offsets for the metrics.
 const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// librdkafka's default session timeout: how long the group waits for a member
+/// that stopped heartbeating.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// The shortest poll interval (and so session timeout) librdkafka and the broker
+/// accept (the broker's `group.min.session.timeout.ms` defaults to 6 s).
+const MIN_POLL_INTERVAL: Duration = Duration::from_secs(6);
 
 /// Prefetched payload librdkafka may hold. It bounds the indexer's memory while
 /// the engine is slow: at most this much waits behind a paused batch.
@@ -26,10 +36,38 @@ const PREFETCH_KBYTES: u32 = 16 * 1024;
 /// gain in throughput.
 const PREFETCH_MESSAGES: u32 = 20_000;
 
-/// Commits stored offsets before partitions are taken away, and feeds librdkafka's
-/// statistics into the metrics.
+/// Commits stored offsets before partitions are taken away, tells when the member
+/// joined its group, and feeds librdkafka's statistics into the metrics.
 pub struct GroupContext {
     metrics: Arc<Metrics>,
+    joined: watch::Sender<bool>,
+    /// Whether consumption is paused now. Partitions assigned meanwhile are paused
+    /// as they arrive, or a member would fetch them at full speed into memory
+    /// during an engine outage; a partition given back after a pause elsewhere is
+    /// resumed, or it could stay paused for good.
+    paused: AtomicBool,
+}
+
+impl GroupContext {
+    /// Whether consumption is paused now.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// Pauses or resumes the whole assignment, now and at every rebalance to come.
+    pub fn set_paused<C: Consumer<Self>>(&self, consumer: &C, pause: bool) {
+        self.paused.store(pause, Ordering::SeqCst);
+        match consumer.assignment() {
+            Ok(assignment) => apply_pause(consumer, &assignment, pause),
+            Err(error) => tracing::warn!(%error, "reading the assignment failed"),
+        }
+    }
+
+    /// Turns true once the member joined its group and got its assignment (which
+    /// may be empty).
+    pub fn joined(&self) -> watch::Receiver<bool> {
+        self.joined.subscribe()
+    }
 }
 
 impl ClientContext for GroupContext {
@@ -52,10 +90,39 @@ impl ConsumerContext for GroupContext {
         }
     }
 
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            apply_pause(consumer, partitions, self.paused.load(Ordering::SeqCst));
+            self.joined.send_replace(true);
+        }
+    }
+
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
             Ok(()) => tracing::debug!(partitions = offsets.count(), "offsets committed"),
             Err(error) => tracing::debug!(%error, "offset commit"),
+        }
+    }
+}
+
+fn apply_pause<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    partitions: &TopicPartitionList,
+    pause: bool,
+) {
+    let result = if pause {
+        consumer.pause(partitions)
+    } else {
+        consumer.resume(partitions)
+    };
+    match result {
+        Ok(()) => tracing::debug!(
+            paused = pause,
+            partitions = partitions.count(),
+            "consumption paused state set"
+        ),
+        Err(error) => {
+            tracing::warn!(%error, paused = pause, "pausing or resuming consumption failed")
         }
     }
 }
@@ -68,6 +135,20 @@ pub fn create_consumer(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result
         client_config.set("group.instance.id", id);
     }
     offsets::configure_commits(&mut client_config, config.commit_interval);
+    let max_poll_interval = config.max_poll_interval.max(MIN_POLL_INTERVAL);
+    client_config
+        .set(
+            "max.poll.interval.ms",
+            max_poll_interval.as_millis().to_string(),
+        )
+        // librdkafka refuses a session timeout above the poll interval.
+        .set(
+            "session.timeout.ms",
+            SESSION_TIMEOUT
+                .min(max_poll_interval)
+                .as_millis()
+                .to_string(),
+        );
     let consumer: GroupConsumer = client_config
         .set("group.id", &config.consumer_group)
         .set("auto.offset.reset", "earliest")
@@ -77,7 +158,11 @@ pub fn create_consumer(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result
             "statistics.interval.ms",
             STATISTICS_INTERVAL.as_millis().to_string(),
         )
-        .create_with_context(GroupContext { metrics })
+        .create_with_context(GroupContext {
+            metrics,
+            joined: watch::channel(false).0,
+            paused: AtomicBool::new(false),
+        })
         .context("creating the kafka consumer")?;
     consumer
         .subscribe(&[&config.kafka.topic])

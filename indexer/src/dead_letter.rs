@@ -1,14 +1,21 @@
 //! Stage 7, dead-letter: poison messages go to the dead-letter topic with their
 //! context, and are acknowledged there before their offset may be committed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use citypop_runtime::KafkaArgs;
+use prometheus_client::metrics::counter::Counter;
 use rdkafka::Message;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::status::StatusBoard;
 
 use crate::retry::{Interrupted, Retry};
 
@@ -89,16 +96,57 @@ pub const HEADER_FAILED_AT: &str = "citypop.dlq.failed_at";
 /// How long one dead-letter write may take before it is retried.
 const DLQ_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The longest value of a `citypop.dlq.*` header. An error that quotes a poison
+/// key or city could otherwise make the dead letter larger than Kafka accepts.
+pub const HEADER_LIMIT: usize = 1024;
+
+/// Headers of a stub: a dead letter that could not be written whole.
+pub const HEADER_STUB: &str = "citypop.dlq.stub";
+pub const HEADER_PAYLOAD_SIZE: &str = "citypop.dlq.payload_size";
+pub const HEADER_PAYLOAD_SHA256: &str = "citypop.dlq.payload_sha256";
+pub const HEADER_KEY_SIZE: &str = "citypop.dlq.key_size";
+pub const HEADER_KEY_SHA256: &str = "citypop.dlq.key_sha256";
+
+/// The counters of the dead-letter stage.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterCounters {
+    /// Dead-letter writes that failed (each is retried, or replaced by a stub).
+    pub write_failures: Counter,
+    /// Dead letters written as stubs.
+    pub stubs: Counter,
+    /// Where the last failure is shown.
+    pub status: Arc<StatusBoard>,
+}
+
 /// The dead-letter topic's producer, retrying each write until Kafka acknowledges
-/// it: a poison message must never be skipped unrecorded.
+/// it: a poison message must never be skipped unrecorded. A dead letter Kafka can
+/// never take whole (too large, an invalid record) is written as a stub instead.
 pub struct DeadLetters {
     producer: FutureProducer,
     topic: String,
     retry: Retry,
+    counters: DeadLetterCounters,
+    /// False while dead-letter writes fail: nothing behind the poison can be
+    /// committed, so the indexer is not ready.
+    writable: watch::Sender<bool>,
+}
+
+/// What a dead letter holds of the original message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Contents {
+    /// Key, value and headers.
+    Whole,
+    /// The headers, and the key only if small; sizes and digests of the rest.
+    Stub,
 }
 
 impl DeadLetters {
-    pub fn new(kafka: &KafkaArgs, topic: String, retry: Retry) -> anyhow::Result<Self> {
+    pub fn new(
+        kafka: &KafkaArgs,
+        topic: String,
+        retry: Retry,
+        counters: DeadLetterCounters,
+    ) -> anyhow::Result<Self> {
         let producer = kafka
             .client_config("citypop-indexer-dlq")
             .set("acks", "all")
@@ -113,6 +161,8 @@ impl DeadLetters {
             producer,
             topic,
             retry,
+            counters,
+            writable: watch::channel(true).0,
         })
     }
 
@@ -120,14 +170,37 @@ impl DeadLetters {
         &self.topic
     }
 
-    /// Writes the original key, value and headers plus the `citypop.dlq.*` context,
-    /// and resolves once Kafka acknowledged it.
+    /// Follows whether dead-letter writes succeed.
+    pub fn writable(&self) -> watch::Receiver<bool> {
+        self.writable.subscribe()
+    }
+
+    /// Writes the dead letter, as a stub when Kafka can never take it whole.
+    async fn write(
+        &self,
+        message: &OwnedMessage,
+        cause: &PoisonCause,
+    ) -> Result<Contents, KafkaError> {
+        match self.send(message, cause, Contents::Whole).await {
+            Err(error) if is_permanent(&error) => {
+                tracing::warn!(%error, partition = message.partition(), offset = message.offset(), "dead letter cannot be written whole, writing a stub");
+                self.counters.write_failures.inc();
+                self.send(message, cause, Contents::Stub).await?;
+                self.counters.stubs.inc();
+                Ok(Contents::Stub)
+            }
+            sent => sent.map(|()| Contents::Whole),
+        }
+    }
+
+    /// Writes the original key, value and headers (or a stub of them) plus the
+    /// `citypop.dlq.*` context, and resolves once Kafka acknowledged it.
     async fn send(
         &self,
         message: &OwnedMessage,
-        reason: DeadLetterReason,
-        error: &str,
-    ) -> anyhow::Result<()> {
+        cause: &PoisonCause,
+        copy: Contents,
+    ) -> Result<(), KafkaError> {
         let mut headers = OwnedHeaders::new();
         if let Some(original) = message.headers() {
             for header in original.iter() {
@@ -137,54 +210,158 @@ impl DeadLetters {
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();
         let failed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        for (key, value) in [
-            (HEADER_REASON, reason.as_str()),
-            (HEADER_ERROR, error),
-            (HEADER_TOPIC, message.topic()),
-            (HEADER_PARTITION, &partition),
-            (HEADER_OFFSET, &offset),
-            (HEADER_FAILED_AT, &failed_at),
-        ] {
+        let mut context = vec![
+            (HEADER_REASON, cause.reason.as_str().to_owned()),
+            (HEADER_ERROR, bounded(&cause.error).to_owned()),
+            (HEADER_TOPIC, bounded(message.topic()).to_owned()),
+            (HEADER_PARTITION, partition),
+            (HEADER_OFFSET, offset),
+            (HEADER_FAILED_AT, failed_at),
+        ];
+        let key = message.key();
+        let payload = message.payload();
+        let kept_key = match copy {
+            Contents::Whole => key,
+            Contents::Stub => {
+                context.push((HEADER_STUB, "true".to_owned()));
+                if let Some(payload) = payload {
+                    context.push((HEADER_PAYLOAD_SIZE, payload.len().to_string()));
+                    context.push((HEADER_PAYLOAD_SHA256, sha256_hex(payload)));
+                }
+                match key {
+                    Some(key) if key.len() > HEADER_LIMIT => {
+                        context.push((HEADER_KEY_SIZE, key.len().to_string()));
+                        context.push((HEADER_KEY_SHA256, sha256_hex(key)));
+                        None
+                    }
+                    key => key,
+                }
+            }
+        };
+        for (name, value) in &context {
             headers = headers.insert(Header {
-                key,
+                key: name,
                 value: Some(value),
             });
         }
         let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).headers(headers);
-        if let Some(key) = message.key() {
+        if let Some(key) = kept_key {
             record = record.key(key);
         }
-        if let Some(payload) = message.payload() {
+        if let (Contents::Whole, Some(payload)) = (copy, payload) {
             record = record.payload(payload);
         }
         self.producer
             .send(record, Timeout::After(DLQ_WRITE_TIMEOUT))
             .await
             .map(|_| ())
-            .map_err(|(error, _)| {
-                anyhow::anyhow!("dead-letter write to {} failed: {error}", self.topic)
-            })
+            .map_err(|(error, _)| error)
     }
+}
+
+/// Produce errors that no retry mends: the record itself is refused.
+fn is_permanent(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageBatchTooLarge
+        )
+    )
+}
+
+/// At most [`HEADER_LIMIT`] bytes of `value`, cut at a character boundary.
+fn bounded(value: &str) -> &str {
+    if value.len() <= HEADER_LIMIT {
+        return value;
+    }
+    let mut end = HEADER_LIMIT;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    &value[..end]
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl PoisonSink for DeadLetters {
     async fn take(&self, message: &OwnedMessage, cause: &PoisonCause) -> Result<(), Interrupted> {
-        let PoisonCause { reason, error } = cause;
         tracing::warn!(
-            reason = reason.as_str(),
-            %error,
+            reason = cause.reason.as_str(),
+            error = bounded(&cause.error),
             partition = message.partition(),
             offset = message.offset(),
             dlq = %self.topic,
             "dead-lettering message"
         );
-        self.retry
+        let written = self
+            .retry
             .run(
                 "dead-letter write",
-                || self.send(message, *reason, error),
-                |_, _| {},
+                || self.write(message, cause),
+                |error, _| {
+                    self.counters
+                        .status
+                        .error("dead_letter", &error.to_string());
+                    self.counters.write_failures.inc();
+                    self.writable.send_replace(false);
+                },
             )
-            .await
-            .map(|_| ())
+            .await;
+        if written.is_ok() {
+            self.writable
+                .send_if_modified(|writable| !std::mem::replace(writable, true));
+        }
+        written.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_are_bounded_at_a_character_boundary() {
+        assert_eq!(bounded("short"), "short");
+        let long = "é".repeat(HEADER_LIMIT);
+        let cut = bounded(&long);
+        assert!(cut.len() <= HEADER_LIMIT && cut.len() > HEADER_LIMIT - 2);
+        assert!(long.starts_with(cut));
+    }
+
+    #[test]
+    fn only_errors_of_the_record_itself_are_permanent() {
+        use rdkafka::error::KafkaError::MessageProduction;
+        assert!(is_permanent(&MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge
+        )));
+        assert!(is_permanent(&MessageProduction(
+            RDKafkaErrorCode::InvalidRecord
+        )));
+        assert!(!is_permanent(&MessageProduction(
+            RDKafkaErrorCode::MessageTimedOut
+        )));
+        assert!(!is_permanent(&MessageProduction(
+            RDKafkaErrorCode::NotEnoughReplicas
+        )));
+        assert!(!is_permanent(&MessageProduction(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+        )));
+    }
+
+    #[test]
+    fn a_digest_is_lower_case_hex() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

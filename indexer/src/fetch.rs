@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use citypop_schemas::event::Codec;
+use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::consumer::{ConsumerContext, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -70,6 +71,8 @@ pub struct Fetcher<'a, C: ConsumerContext + 'static> {
     pub consumer: &'a StreamConsumer<C>,
     pub codec: &'a Codec,
     pub limits: BatchLimits,
+    /// Messages consumed and not yet handed to the writer.
+    pub waiting: Gauge,
 }
 
 impl<C: ConsumerContext + 'static> Fetcher<'_, C> {
@@ -91,7 +94,7 @@ impl<C: ConsumerContext + 'static> Fetcher<'_, C> {
             }
             tokio::select! {
                 received = self.consumer.recv() => match received {
-                    Ok(message) => batch.push(self.codec, message.detach()),
+                    Ok(message) => self.add(&mut batch, overflow, message.detach()),
                     Err(error) => tracing::warn!(%error, "kafka consume error"),
                 },
                 _ = stop.changed() => return None,
@@ -100,7 +103,7 @@ impl<C: ConsumerContext + 'static> Fetcher<'_, C> {
         let deadline = tokio::time::Instant::now() + self.limits.linger;
         while !batch.is_full(&self.limits) {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(self.codec, message.detach()),
+                Ok(Ok(message)) => self.add(&mut batch, overflow, message.detach()),
                 Ok(Err(error)) => {
                     tracing::warn!(%error, "kafka consume error");
                     break;
@@ -111,9 +114,10 @@ impl<C: ConsumerContext + 'static> Fetcher<'_, C> {
         Some(batch)
     }
 
-    /// Goes on adding to `batch`, up to its limits, until the writer asks for it;
-    /// then the caller hands it over. While `paused` (the engine fails) the consumer
-    /// is still polled, since one silent for `max.poll.interval.ms` leaves its group;
+    /// Goes on adding to `batch`, up to its limits, until the writer asks for it
+    /// and `flow` lets it go; then the caller hands it over. While consumption is
+    /// paused or held the consumer is still polled, since one silent for
+    /// `max.poll.interval.ms` leaves its group (and rebalances happen in the poll);
     /// what arrives beyond a full batch is kept in `overflow` for the next one, so
     /// offsets stay in order. `false` once `stop` turned true or the writer is gone.
     pub async fn grow_until_wanted(
@@ -121,30 +125,62 @@ impl<C: ConsumerContext + 'static> Fetcher<'_, C> {
         batch: &mut Batch,
         overflow: &mut Vec<OwnedMessage>,
         writer: &BatchSender,
-        paused: &watch::Receiver<bool>,
+        flow: &watch::Receiver<Flow>,
         stop: &mut watch::Receiver<bool>,
     ) -> bool {
-        let mut paused = paused.clone();
+        let mut flow = flow.clone();
+        let mut asked = false;
         loop {
+            let now = *flow.borrow_and_update();
+            if asked && now != Flow::Held {
+                return true;
+            }
             let room = !batch.is_full(&self.limits);
             tokio::select! {
-                asked = writer.wanted.acquire() => return match asked {
+                permit = writer.wanted.acquire(), if !asked => match permit {
                     Ok(permit) => {
                         permit.forget();
-                        true
+                        asked = true;
                     }
-                    Err(_closed) => false,
+                    Err(_closed) => return false,
                 },
-                received = self.consumer.recv(), if room || *paused.borrow() => match received {
-                    Ok(message) if room => batch.push(self.codec, message.detach()),
-                    Ok(message) => overflow.push(message.detach()),
+                received = self.consumer.recv(), if room || now != Flow::Flowing => match received {
+                    Ok(message) => self.add(batch, overflow, message.detach()),
                     Err(error) => tracing::debug!(%error, "kafka consume error while waiting for the writer"),
                 },
-                Ok(()) = paused.changed() => {}
+                Ok(()) = flow.changed() => {}
                 _ = stop.changed() => return false,
             }
         }
     }
+
+    /// Adds a consumed message to the batch, or to the overflow once the batch is
+    /// full.
+    fn add(&self, batch: &mut Batch, overflow: &mut Vec<OwnedMessage>, message: OwnedMessage) {
+        if batch.is_full(&self.limits) {
+            overflow.push(message);
+        } else {
+            batch.push(self.codec, message);
+        }
+        self.waiting.set((batch.len() + overflow.len()) as i64);
+    }
+
+    /// The batch went to the writer: what waits now is the overflow.
+    pub fn handed_over(&self, overflow: &[OwnedMessage]) {
+        self.waiting.set(overflow.len() as i64);
+    }
+}
+
+/// Whether fetched batches flow to the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Flowing,
+    /// The engine refuses writes: consumption is paused; batches still go to the
+    /// writer when it asks (it retries them).
+    Paused,
+    /// Nothing may be written (the topic guard cannot vouch for the topic):
+    /// consumption is paused and no batch is handed over.
+    Held,
 }
 
 #[cfg(test)]

@@ -8,11 +8,21 @@ use citypop_runtime::wait_until_ready;
 use citypop_schemas::document;
 use elasticsearch::http::StatusCode;
 use elasticsearch::indices::{
-    IndicesCreateParts, IndicesDeleteParts, IndicesGetAliasParts, IndicesPutIndexTemplateParts,
-    IndicesPutSettingsParts, IndicesRefreshParts,
+    IndicesCreateParts, IndicesDeleteParts, IndicesGetAliasParts, IndicesGetMappingParts,
+    IndicesPutIndexTemplateParts, IndicesPutSettingsParts, IndicesRefreshParts,
 };
 use elasticsearch::{CountParts, Elasticsearch};
 use serde_json::json;
+
+/// What an index was built from, recorded in its `_meta` so the topic guard can
+/// tell a topic that changed under it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicBinding {
+    /// The main topic's partition count: a key's partition depends on it.
+    pub partitions: Option<i32>,
+    /// The id of the topic's incarnation (Kafka 2.8 and later).
+    pub topic_id: Option<String>,
+}
 
 /// The shape of every index behind the alias.
 #[derive(Debug, Clone, Copy, clap::Args)]
@@ -40,8 +50,13 @@ pub async fn put_template(
     client: &Elasticsearch,
     alias: &str,
     index: &IndexArgs,
+    binding: &TopicBinding,
 ) -> anyhow::Result<()> {
-    let template = document::index_template(alias, index.shards, index.replicas);
+    let mut template = document::index_template(alias, index.shards, index.replicas);
+    // Every index created from the template records what it is built from.
+    template["template"]["mappings"]["_meta"] = json!({
+        META_KEY: {"topic_partitions": binding.partitions, "topic_id": binding.topic_id}
+    });
     let response = client
         .indices()
         .put_index_template(IndicesPutIndexTemplateParts::Name(alias))
@@ -62,6 +77,7 @@ pub async fn ensure_index(
     client: &Elasticsearch,
     alias: &str,
     index: &IndexArgs,
+    binding: &TopicBinding,
 ) -> anyhow::Result<()> {
     wait_until_ready("elasticsearch", || async {
         client
@@ -74,7 +90,7 @@ pub async fn ensure_index(
     })
     .await;
 
-    put_template(client, alias, index).await?;
+    put_template(client, alias, index, binding).await?;
     if !indexes_behind(client, alias).await?.is_empty() {
         return Ok(());
     }
@@ -264,4 +280,37 @@ pub async fn delete_indexes(client: &Elasticsearch, indexes: &[String]) -> anyho
         .error_for_status_code()
         .with_context(|| format!("deleting {}", names.join(", ")))?;
     Ok(())
+}
+
+/// Where citypop's own facts live in an index's mapping `_meta`.
+const META_KEY: &str = "citypop";
+
+/// What the indexes behind `alias` were built from; empty for indexes made before
+/// it was recorded.
+pub async fn binding(client: &Elasticsearch, alias: &str) -> anyhow::Result<TopicBinding> {
+    let body: serde_json::Value = client
+        .indices()
+        .get_mapping(IndicesGetMappingParts::Index(&[alias]))
+        .send()
+        .await?
+        .error_for_status_code()
+        .context("reading the index mapping")?
+        .json()
+        .await?;
+    let recorded: Vec<&serde_json::Value> = body
+        .as_object()
+        .into_iter()
+        .flat_map(|indexes| indexes.values())
+        .map(|index| &index["mappings"]["_meta"][META_KEY])
+        .collect();
+    Ok(TopicBinding {
+        partitions: recorded
+            .iter()
+            .find_map(|meta| meta["topic_partitions"].as_i64())
+            .map(|partitions| partitions as i32),
+        topic_id: recorded
+            .iter()
+            .find_map(|meta| meta["topic_id"].as_str())
+            .map(str::to_owned),
+    })
 }

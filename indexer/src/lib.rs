@@ -36,11 +36,13 @@ pub mod health;
 pub mod index_admin;
 pub mod live;
 pub mod metrics;
+pub mod native;
 pub mod offsets;
 pub mod pipeline;
 pub mod progress;
 pub mod retry;
 pub mod setup;
+pub mod status;
 #[cfg(test)]
 mod testing;
 
@@ -86,7 +88,13 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = Arc::new(metrics::Metrics::register(&mut registry));
     let health = Arc::new(health::Health::new(metrics.ready.clone()));
-    let health_addr = health::serve(config.health_listen, health.clone(), registry).await?;
+    let health_addr = health::serve(
+        config.health_listen,
+        health.clone(),
+        metrics.status.clone(),
+        registry,
+    )
+    .await?;
     tracing::info!(listen = %health_addr, "health endpoint listening");
 
     let (stop, stopped) = watch::channel(false);
@@ -114,18 +122,30 @@ pub async fn run(
 
     let retry = retry::Retry::new(config.retry, aborted.clone());
     let alias = config.engine.index_alias.clone();
+    let consumer = Arc::new(consumer::create_consumer(&config, metrics.clone())?);
+    metrics.status.watch_group(
+        consumer.clone(),
+        offsets::OffsetReader::for_group(&config.kafka, &config.consumer_group)?,
+        config.kafka.topic.clone(),
+        config.consumer_group.clone(),
+    );
     let indexer = live::LiveIndexer {
-        consumer: Arc::new(consumer::create_consumer(&config, metrics.clone())?),
+        consumer,
         writer: batch_writer::BatchWriter::new(
             Arc::new(codec(config.schema_dir.as_deref())?),
             bulk::BulkWriter::new(client.clone(), alias.clone()),
-            dead_letter::DeadLetters::new(&config.kafka, config.dlq_topic(), retry.clone())?,
+            dead_letter::DeadLetters::new(
+                &config.kafka,
+                config.dlq_topic(),
+                retry.clone(),
+                metrics.dead_letter.clone(),
+            )?,
             retry,
             metrics.clone(),
             config.bulk,
         ),
         guard: guard::TopicGuard {
-            offsets: offsets::OffsetReader::new(&config.kafka)?,
+            offsets: offsets::OffsetReader::for_group(&config.kafka, &config.consumer_group)?,
             client,
             alias: alias.clone(),
             topic: config.kafka.topic.clone(),

@@ -1,9 +1,9 @@
-//! The live indexer: the fetch-and-write loop on the consumer group, with the
-//! recreated-topic guard before batches, consumption paused while the engine
-//! refuses writes, offsets stored as batches finish and committed at the end.
+//! The live indexer: the fetch-and-write loop on the consumer group, held while the
+//! recreated-topic guard cannot vouch for the topic, consumption paused while the
+//! engine refuses writes, offsets stored as batches finish and committed at the end.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
 use tokio::sync::watch;
@@ -13,6 +13,7 @@ use crate::batch_writer::BatchWriter;
 use crate::bulk::BulkWriter;
 use crate::consumer::GroupConsumer;
 use crate::dead_letter::DeadLetters;
+use crate::fetch::Flow;
 use crate::guard::TopicGuard;
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -45,23 +46,37 @@ pub(crate) struct LiveIndexer {
     pub metrics: Arc<Metrics>,
 }
 
+/// What the recreated-topic guard knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GuardState {
+    /// No answer yet: not knowing is not a pass, since consuming now could send
+    /// every write of a recreated topic into the index unseen.
+    Unknown,
+    Matches,
+    Recreated,
+}
+
 impl LiveIndexer {
     /// Runs until `signals.stop` turns true: the batches in flight are finished,
     /// stored offsets are committed, and it returns.
     pub async fn run(&self, signals: Signals) -> anyhow::Result<()> {
-        let (paused, paused_now) = watch::channel(false);
-        let mut plan = GuardSchedule {
-            indexer: self,
-            next_check: Instant::now(),
-        };
-        let pipeline = Pipeline::new(&self.consumer, &self.writer, self.limits);
+        let (flow, flow_now) = watch::channel(Flow::Held);
+        let (guard_state, guard_now) = watch::channel(GuardState::Unknown);
+        let pipeline = Pipeline::new(
+            &self.consumer,
+            &self.writer,
+            self.limits,
+            self.metrics.messages_waiting.clone(),
+        );
         let consumer = &self.consumer;
-        let indexing = pipeline.run(&mut plan, &paused_now, signals.stop.clone(), |batch| {
+        let mut plan = UntilStopped;
+        let indexing = pipeline.run(&mut plan, &flow_now, signals.stop.clone(), |batch| {
             offsets::store(consumer.as_ref(), &batch.consumed)
         });
         let outcome = tokio::select! {
             outcome = indexing => outcome,
-            never = self.follow_engine(&paused) => match never {},
+            never = self.follow_dependencies(guard_now, &flow) => match never {},
+            never = self.run_guard(&guard_state) => match never {},
         };
         offsets::commit_stored(self.consumer.clone()).await;
         match outcome {
@@ -71,104 +86,99 @@ impl LiveIndexer {
         }
     }
 
-    /// Readiness follows the engine, and consumption pauses while it refuses
-    /// writes, so memory stays bounded by what was already fetched.
-    async fn follow_engine(&self, paused: &watch::Sender<bool>) -> std::convert::Infallible {
-        let mut writable = self.writer.engine_writable();
+    /// Readiness, the flow of batches and the consumer's pause follow the engine,
+    /// the dead-letter topic, the topic guard and the group: while the engine
+    /// refuses writes consumption pauses, so memory stays bounded by what was
+    /// already fetched; while the guard cannot vouch for the topic nothing is
+    /// written.
+    async fn follow_dependencies(
+        &self,
+        mut guard: watch::Receiver<GuardState>,
+        flow: &watch::Sender<Flow>,
+    ) -> std::convert::Infallible {
+        let mut engine = self.writer.engine_writable();
+        let mut dead_letters = self.writer.poison_sink().writable();
+        let mut joined = self.consumer.context().joined();
         loop {
-            let now = *writable.borrow_and_update();
-            self.health.engine_writable(now);
-            self.set_paused(paused, !now);
-            if writable.changed().await.is_err() {
-                // The writer is gone, and with it any change.
-                std::future::pending::<()>().await;
+            let engine_writable = *engine.borrow_and_update();
+            let dead_letters_writable = *dead_letters.borrow_and_update();
+            let guard_state = *guard.borrow_and_update();
+            self.health.engine_writable(engine_writable);
+            self.health.dead_letters_writable(dead_letters_writable);
+            self.metrics
+                .dead_letters_writable
+                .set(i64::from(dead_letters_writable));
+            self.health
+                .topic_matches(guard_state == GuardState::Matches);
+            self.health.joined_group(*joined.borrow_and_update());
+            let next = if guard_state != GuardState::Matches {
+                Flow::Held
+            } else if !engine_writable {
+                Flow::Paused
+            } else {
+                Flow::Flowing
+            };
+            // Applied again at every change, joining the group included: that is
+            // when an assignment may have changed.
+            self.consumer
+                .context()
+                .set_paused(self.consumer.as_ref(), next != Flow::Flowing);
+            flow.send_if_modified(|now| std::mem::replace(now, next) != next);
+            // A sender gone can change nothing any more; the others still can.
+            tokio::select! {
+                Ok(()) = engine.changed() => {}
+                Ok(()) = dead_letters.changed() => {}
+                Ok(()) = guard.changed() => {}
+                Ok(()) = joined.changed() => {}
+                else => std::future::pending::<()>().await,
             }
         }
     }
 
-    fn set_paused(&self, paused: &watch::Sender<bool>, pause: bool) {
-        if *paused.borrow() == pause {
-            return;
-        }
-        let assignment = match self.consumer.assignment() {
-            Ok(assignment) => assignment,
-            Err(error) => {
-                tracing::warn!(%error, "reading the assignment failed");
-                return;
-            }
-        };
-        let result = if pause {
-            self.consumer.pause(&assignment)
-        } else {
-            self.consumer.resume(&assignment)
-        };
-        match result {
-            Ok(()) => {
-                paused.send_replace(pause);
-                tracing::info!(
-                    paused = pause,
-                    partitions = assignment.count(),
-                    "consumption paused state changed"
-                );
-            }
-            Err(error) => {
-                tracing::warn!(%error, paused = pause, "pausing or resuming consumption failed")
-            }
-        }
-    }
-
-    /// Runs the recreated-topic guard; while it finds a mismatch, refuses to write
-    /// (not ready, metric set) and checks again later. `false` once told to stop.
-    async fn wait_until_topic_matches(&self, stop: &mut watch::Receiver<bool>) -> bool {
+    /// Runs the recreated-topic guard for good: every `GUARD_INTERVAL` while the
+    /// topic matches or is refused, every `GUARD_RETRY` while it cannot tell.
+    async fn run_guard(&self, state: &watch::Sender<GuardState>) -> std::convert::Infallible {
         loop {
-            match self.guard.check().await {
+            let (now, wait) = match self.guard.check().await {
                 Ok(Ok(())) => {
                     self.metrics.topic_recreated.set(0);
-                    self.health.topic_matches(true);
-                    return true;
+                    (GuardState::Matches, GUARD_INTERVAL)
                 }
                 Ok(Err(mismatch)) => {
                     tracing::error!(error = %mismatch, "refusing to write");
                     self.metrics.topic_recreated.set(1);
-                    self.health.topic_matches(false);
+                    (GuardState::Recreated, GUARD_INTERVAL)
                 }
-                // Not knowing is not a pass: consuming now could send every write of a
-                // recreated topic into the index unseen. Metadata answers errors for a
-                // moment after a topic is created, so look again soon.
+                // Metadata answers errors for a moment after a topic is created, so
+                // look again soon.
                 Err(error) => {
                     tracing::warn!(
                         error = format!("{error:#}"),
                         "recreated-topic check failed, retrying"
                     );
-                    tokio::select! {
-                        () = tokio::time::sleep(GUARD_RETRY) => continue,
-                        _ = stop.changed() => return false,
-                    }
+                    (GuardState::Unknown, GUARD_RETRY)
                 }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(GUARD_INTERVAL) => {}
-                _ = stop.changed() => return false,
-            }
+            };
+            self.metrics.status.guard(match now {
+                GuardState::Matches => "matches".to_owned(),
+                GuardState::Unknown => "unknown: the check could not run".to_owned(),
+                GuardState::Recreated => "refusing".to_owned(),
+            });
+            state.send_if_modified(|was| std::mem::replace(was, now) != now);
+            tokio::time::sleep(wait).await;
         }
     }
 }
 
-/// The live indexer's plan: fetch until told to stop, with the guard's check
-/// before a batch whenever it is due.
-struct GuardSchedule<'a> {
-    indexer: &'a LiveIndexer,
-    next_check: Instant,
-}
+/// The live indexer's plan: fetch until told to stop.
+struct UntilStopped;
 
-impl FetchPlan for GuardSchedule<'_> {
+impl FetchPlan for UntilStopped {
     async fn before_batch(&mut self, stop: &mut watch::Receiver<bool>) -> anyhow::Result<Next> {
-        if Instant::now() >= self.next_check {
-            if !self.indexer.wait_until_topic_matches(stop).await {
-                return Ok(Next::Stopped);
-            }
-            self.next_check = Instant::now() + GUARD_INTERVAL;
-        }
-        Ok(Next::Gather)
+        Ok(if *stop.borrow() {
+            Next::Stopped
+        } else {
+            Next::Gather
+        })
     }
 }

@@ -15,6 +15,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(Command::Setup) => citypop_indexer::setup::run(&config).await?,
         Some(Command::Replay(args)) => citypop_indexer::cmd::replay::run(&config, args).await?,
+        Some(Command::Status(args)) => citypop_indexer::status::print(&config, args).await?,
         Some(Command::Dlq(DlqCommand::List(args))) => {
             citypop_indexer::cmd::dlq::list(&config, args).await?
         }

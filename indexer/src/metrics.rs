@@ -8,7 +8,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use rdkafka::statistics::Statistics;
 
-use crate::dead_letter::DeadLetterReason;
+use std::sync::Arc;
+
+use crate::dead_letter::{DeadLetterCounters, DeadLetterReason};
+use crate::status::StatusBoard;
 
 /// What became of a document written to the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -91,12 +94,19 @@ pub struct Metrics {
     end_to_end_latency: Histogram,
     consumer_lag: Family<PartitionLabels, Gauge>,
     committed_offset: Family<PartitionLabels, Gauge>,
+    /// Messages consumed and not yet handed to the writer.
+    pub messages_waiting: Gauge,
     pub ready: Gauge,
     pub topic_recreated: Gauge,
+    pub dead_letter: DeadLetterCounters,
+    /// What `/status` reports beside the counters.
+    pub status: Arc<StatusBoard>,
+    pub dead_letters_writable: Gauge,
 }
 
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
+        let status = Arc::new(StatusBoard::default());
         let metrics = Self {
             consumed: Counter::default(),
             indexed: Family::default(),
@@ -107,9 +117,17 @@ impl Metrics {
             end_to_end_latency: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
             consumer_lag: Family::default(),
             committed_offset: Family::default(),
+            messages_waiting: Gauge::default(),
             ready: Gauge::default(),
             topic_recreated: Gauge::default(),
+            dead_letter: DeadLetterCounters {
+                status: status.clone(),
+                ..DeadLetterCounters::default()
+            },
+            status,
+            dead_letters_writable: Gauge::default(),
         };
+        metrics.dead_letters_writable.set(1);
         let registry = registry.sub_registry_with_prefix("citypop_indexer");
         registry.register(
             "events_consumed",
@@ -157,6 +175,11 @@ impl Metrics {
             metrics.committed_offset.clone(),
         );
         registry.register(
+            "messages_waiting",
+            "Messages consumed and not yet handed to the bulk writer: the next batch and what arrived beyond it (bounded while consumption is paused)",
+            metrics.messages_waiting.clone(),
+        );
+        registry.register(
             "ready",
             "1 when set up, writing to the engine works and the topic is the one the index was built from",
             metrics.ready.clone(),
@@ -165,6 +188,21 @@ impl Metrics {
             "topic_recreated",
             "1 while the indexer refuses to write because the topic was deleted and recreated",
             metrics.topic_recreated.clone(),
+        );
+        registry.register(
+            "dead_letter_write_failures",
+            "Dead-letter writes that failed: retried, or written as a stub when Kafka can never take them whole",
+            metrics.dead_letter.write_failures.clone(),
+        );
+        registry.register(
+            "dead_letter_stubs",
+            "Dead letters written as stubs (origin, reason, payload size and SHA-256, no payload): too large or invalid to copy whole",
+            metrics.dead_letter.stubs.clone(),
+        );
+        registry.register(
+            "dead_letters_writable",
+            "0 while dead-letter writes fail (the indexer is then not ready: nothing behind the poison can be committed)",
+            metrics.dead_letters_writable.clone(),
         );
         metrics
     }

@@ -17,6 +17,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::runtime::RuntimeFlavor;
 
 /// How long one metadata, watermark or committed-offset request waits for Kafka.
 const KAFKA_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -89,9 +90,18 @@ pub fn store<C: ConsumerContext>(consumer: &impl Consumer<C>, consumed: &Consume
 
 /// Commits what is stored before partitions are taken away, so the next owner
 /// starts where this member's durable work ends rather than at the last timer
-/// commit. Runs inside librdkafka's rebalance callback.
+/// commit. Runs inside librdkafka's rebalance callback, on the runtime worker that
+/// polls: the worker hands its other tasks over while the commit blocks.
 pub fn commit_before_revocation<C: ConsumerContext>(consumer: &BaseConsumer<C>) {
-    if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+    let commit = || consumer.commit_consumer_state(CommitMode::Sync);
+    let on_worker = tokio::runtime::Handle::try_current()
+        .is_ok_and(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread);
+    let committed = if on_worker {
+        tokio::task::block_in_place(commit)
+    } else {
+        commit()
+    };
+    if let Err(error) = committed {
         tracing::debug!(%error, "commit on revocation");
     }
 }
@@ -185,11 +195,32 @@ pub struct OffsetReader(Arc<BaseConsumer>);
 
 impl OffsetReader {
     pub fn new(kafka: &citypop_runtime::KafkaArgs) -> anyhow::Result<Self> {
-        let client: BaseConsumer = kafka
-            .client_config("citypop-indexer-offsets")
+        Self::create(kafka.client_config("citypop-indexer-offsets"))
+    }
+
+    /// A reader that can also read `group`'s committed positions. It never joins
+    /// the group.
+    pub fn for_group(kafka: &citypop_runtime::KafkaArgs, group: &str) -> anyhow::Result<Self> {
+        let mut config = kafka.client_config("citypop-indexer-offsets");
+        configure_manual(&mut config);
+        config.set("group.id", group);
+        Self::create(config)
+    }
+
+    fn create(config: ClientConfig) -> anyhow::Result<Self> {
+        let client: BaseConsumer = config
             .create()
             .context("creating the kafka offset reader")?;
         Ok(Self(Arc::new(client)))
+    }
+
+    /// The group's committed positions on `topic` (a reader made [`Self::for_group`]).
+    pub async fn committed(
+        &self,
+        topic: &str,
+        partitions: impl IntoIterator<Item = i32>,
+    ) -> anyhow::Result<BTreeMap<i32, i64>> {
+        committed_positions(self.0.clone(), topic, partitions).await
     }
 
     /// (low, high) watermarks of every partition of `topic`: the first offset still
@@ -219,6 +250,14 @@ impl OffsetReader {
             Ok(marks)
         })
         .await?
+    }
+
+    /// The topic's id, which names this incarnation of it (see [`crate::native`]).
+    pub async fn topic_id(&self, topic: &str) -> anyhow::Result<Option<String>> {
+        let client = self.0.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || crate::native::topic_id(client.client(), &topic))
+            .await?
     }
 
     /// Per partition, the next offset to be written.

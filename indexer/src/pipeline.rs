@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::consumer::{ConsumerContext, StreamConsumer};
 use tokio::sync::watch;
 
@@ -13,7 +14,7 @@ use crate::batch::{Batch, BatchLimits};
 use crate::batch_writer::BatchWriter;
 use crate::bulk::BulkSink;
 use crate::dead_letter::PoisonSink;
-use crate::fetch::{Fetcher, handover};
+use crate::fetch::{Fetcher, Flow, handover};
 use crate::retry::Interrupted;
 
 /// What the loop does next, as its caller decides before each batch.
@@ -67,12 +68,14 @@ impl<'a, C: ConsumerContext + 'static, S: BulkSink, P: PoisonSink> Pipeline<'a, 
         consumer: &'a StreamConsumer<C>,
         writer: &'a BatchWriter<S, P>,
         limits: BatchLimits,
+        waiting: Gauge,
     ) -> Self {
         Self {
             fetcher: Fetcher {
                 consumer,
                 codec: &writer.codec,
                 limits,
+                waiting,
             },
             writer,
         }
@@ -80,16 +83,16 @@ impl<'a, C: ConsumerContext + 'static, S: BulkSink, P: PoisonSink> Pipeline<'a, 
 
     /// Fetches and writes until the plan says it is drained, `stop` turns true, or
     /// a batch cannot be finished. `written` hears each finished batch, in the order
-    /// the batches were gathered. While `paused` the consumer is still polled, and
-    /// what arrives waits in memory for the writer.
+    /// the batches were gathered. While `flow` is not flowing the consumer is still
+    /// polled, and what arrives waits in memory for the writer.
     pub async fn run(
         self,
         plan: &mut impl FetchPlan,
-        paused: &watch::Receiver<bool>,
+        flow: &watch::Receiver<Flow>,
         stop: watch::Receiver<bool>,
         written: impl FnMut(&Batch),
     ) -> Result<LoopEnd, LoopError> {
-        fetch_and_write(self.fetcher, self.writer, plan, paused, stop, written).await
+        fetch_and_write(self.fetcher, self.writer, plan, flow, stop, written).await
     }
 }
 
@@ -97,7 +100,7 @@ async fn fetch_and_write<C, S, P>(
     fetcher: Fetcher<'_, C>,
     writer: &BatchWriter<S, P>,
     plan: &mut impl FetchPlan,
-    paused: &watch::Receiver<bool>,
+    flow: &watch::Receiver<Flow>,
     mut stop: watch::Receiver<bool>,
     written: impl FnMut(&Batch),
 ) -> Result<LoopEnd, LoopError>
@@ -126,12 +129,13 @@ where
                 return Ok(LoopEnd::Stopped);
             };
             if !fetcher
-                .grow_until_wanted(&mut batch, &mut overflow, &to_writer, paused, &mut stop)
+                .grow_until_wanted(&mut batch, &mut overflow, &to_writer, flow, &mut stop)
                 .await
             {
                 return Ok(LoopEnd::Stopped);
             }
             plan.gathered(&batch);
+            fetcher.handed_over(&overflow);
             if !to_writer.send(batch).await {
                 return Ok(LoopEnd::Stopped);
             }

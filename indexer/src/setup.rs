@@ -13,7 +13,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
-use crate::index_admin;
+use crate::index_admin::{self, TopicBinding};
+use crate::offsets::OffsetReader;
 
 /// How long one metadata request waits for Kafka.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,10 +46,21 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
 
 /// The index template, the first index and the alias.
 pub async fn ensure_index(config: &Config) -> anyhow::Result<()> {
+    let offsets = OffsetReader::new(&config.kafka)?;
+    // A topic just created answers metadata errors for a moment.
+    let marks = wait_until_ready("the topic's partitions", || {
+        offsets.watermarks(&config.kafka.topic)
+    })
+    .await;
+    let topic_id = offsets.topic_id(&config.kafka.topic).await?;
     index_admin::ensure_index(
         &config.engine.client()?,
         &config.engine.index_alias,
         &config.index,
+        &TopicBinding {
+            partitions: Some(marks.len() as i32),
+            topic_id,
+        },
     )
     .await
 }

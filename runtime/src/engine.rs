@@ -11,8 +11,8 @@ use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder}
 
 use crate::Secret;
 
-/// Where the search engine (Elasticsearch 7.10+ or OpenSearch 2.x) is, which alias
-/// holds the cities, and how to authenticate to it.
+/// Where the search engine (Elasticsearch 8.19 or 9, OpenSearch 2.19 or 3) is, which
+/// alias holds the cities, and how to authenticate to it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EngineArgs {
     /// Base URL of the Elasticsearch or OpenSearch HTTP API.
@@ -50,6 +50,13 @@ pub struct EngineArgs {
         requires = "elasticsearch_username"
     )]
     pub elasticsearch_password: Option<Secret>,
+
+    /// Elasticsearch API key, as the base64 `encoded` value `POST _security/api_key`
+    /// answers (the usual credential on Elastic Cloud and ECK); sent as
+    /// `Authorization: ApiKey <key>`. Not with a username and password. Set it in the
+    /// environment; `--help`, logs and debug output never show it.
+    #[arg(long, env = "CITYPOP_ELASTICSEARCH_API_KEY", hide_env_values = true)]
+    pub elasticsearch_api_key: Option<Secret>,
 
     /// PEM file of the CA certificates to trust for the engine's HTTPS certificate,
     /// besides the ones built in (e.g. ECK's self-signed HTTP CA); only with an
@@ -96,6 +103,32 @@ impl EngineArgs {
             .elasticsearch_password
             .as_ref()
             .filter(|p| !p.is_empty());
+        let api_key = self
+            .elasticsearch_api_key
+            .as_ref()
+            .filter(|k| !k.is_empty());
+        if let Some(api_key) = api_key {
+            ensure!(
+                username.is_none() && password.is_none(),
+                "CITYPOP_ELASTICSEARCH_API_KEY is set together with CITYPOP_ELASTICSEARCH_USERNAME or \
+                 CITYPOP_ELASTICSEARCH_PASSWORD; set one kind of credential"
+            );
+            // The client turns the key into a header value and panics on one that
+            // cannot be; an encoded key is base64, so anything else is a mistake
+            // (a copied line break, the id and key not yet encoded).
+            ensure!(
+                api_key
+                    .expose()
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric()
+                        || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_')),
+                "CITYPOP_ELASTICSEARCH_API_KEY is not a base64 encoded API key (the `encoded` \
+                 value of POST _security/api_key)"
+            );
+            return Ok(Some(Credentials::EncodedApiKey(
+                api_key.expose().to_owned(),
+            )));
+        }
         match (username, password) {
             (Some(username), Some(password)) => Ok(Some(Credentials::Basic(
                 username.to_owned(),
@@ -217,6 +250,95 @@ JY8UAFVqOEPTsc8qNcUR
             error,
             "CITYPOP_ELASTICSEARCH_USERNAME is set but CITYPOP_ELASTICSEARCH_PASSWORD is not"
         );
+    }
+
+    #[test]
+    fn an_api_key_becomes_an_api_key_header() {
+        let engine = parse(&[
+            "--elasticsearch-api-key",
+            "VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw==",
+        ])
+        .unwrap();
+        match engine.credentials().unwrap() {
+            Some(Credentials::EncodedApiKey(key)) => {
+                assert_eq!(
+                    key,
+                    "VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw=="
+                );
+            }
+            other => panic!("want an API key, got {other:?}"),
+        }
+        engine.client().unwrap();
+        assert!(!format!("{engine:?}").contains("VnVhQ2ZHY0JDZGJrUW0"));
+    }
+
+    #[test]
+    fn an_api_key_with_a_password_or_not_encoded_is_refused() {
+        let both = parse(&[
+            "--elasticsearch-api-key",
+            "a2V5",
+            "--elasticsearch-username",
+            "citypop",
+            "--elasticsearch-password",
+            "s3cret-pw",
+        ])
+        .unwrap();
+        let error = both.client().unwrap_err().to_string();
+        assert!(error.contains("set one kind of credential"), "{error}");
+        for raw in ["id:key", "a2V5\n", "a2V5 a2V5"] {
+            let engine = parse(&["--elasticsearch-api-key", raw]).unwrap();
+            let error = engine.client().unwrap_err().to_string();
+            assert!(error.contains("not a base64 encoded API key"), "{error}");
+            assert!(!error.contains(raw), "the key shows in {error}");
+        }
+        // Empty counts as unset.
+        let engine = parse(&["--elasticsearch-api-key", ""]).unwrap();
+        assert!(engine.credentials().unwrap().is_none());
+    }
+
+    /// The headers every request carries decide which engines accept the client:
+    /// OpenSearch refuses Elasticsearch's versioned media type
+    /// (`application/vnd.elasticsearch+json; compatible-with=…`) with 406. This
+    /// checks what the client really sends, so an upgrade that changes it fails here.
+    #[tokio::test]
+    async fn requests_carry_plain_json_headers_that_both_engines_accept() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buffer).await.unwrap();
+                assert!(n > 0, "the client closed before its headers ended");
+                request.extend_from_slice(&buffer[..n]);
+            }
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+                .await
+                .unwrap();
+            String::from_utf8(request).unwrap().to_ascii_lowercase()
+        });
+        let engine = parse(&["--elasticsearch-url", &url]).unwrap();
+        let client = engine.client().unwrap();
+        client
+            .index(elasticsearch::IndexParts::IndexId("cities", "paris"))
+            .body(serde_json::json!({"name": "Paris"}))
+            .send()
+            .await
+            .unwrap();
+        let request = server.await.unwrap();
+        assert!(
+            request.contains("\r\ncontent-type: application/json\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("\r\naccept: application/json\r\n"),
+            "{request}"
+        );
+        assert!(!request.contains("compatible-with"), "{request}");
+        assert!(!request.contains("vnd.elasticsearch"), "{request}");
     }
 
     #[test]

@@ -1,16 +1,19 @@
 //! The Kafka event `CityPopulationUpdated` and its Avro single-object codec.
 //!
 //! Every message is `C3 01`, the 8-byte little-endian CRC-64-AVRO (Rabin)
-//! fingerprint of its writer schema, then the Avro binary body. The reader looks the
-//! writer schema up by fingerprint and resolves it against the newest schema, so a
-//! message written with any published version stays readable.
+//! fingerprint of its writer schema's Parsing Canonical Form as the specification
+//! defines it (see [`crate::fingerprint`]), then the Avro binary body: what
+//! `BinaryMessageDecoder` in Java, or any other reference library, reads with the
+//! schema files of `schemas/avro/`. The reader looks the writer schema up by
+//! fingerprint and resolves it against the newest schema, so a message written with
+//! any published version stays readable.
 
 use std::collections::HashMap;
-use std::fmt;
 
 use apache_avro::Schema;
-use apache_avro::rabin::Rabin;
 use serde::{Deserialize, Serialize};
+
+pub use crate::fingerprint::Fingerprint;
 
 /// Every published version of the schema, oldest first. Versions are only ever
 /// added here (with defaults for new fields), never edited or removed: replay reads
@@ -40,16 +43,6 @@ pub struct CityPopulationUpdated {
     pub occurred_at: i64,
 }
 
-/// An 8-byte schema fingerprint, shown in hex the way it appears on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Fingerprint([u8; 8]);
-
-impl fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
 /// Why a payload could not be read. The kind decides the dead-letter reason.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -70,43 +63,61 @@ pub struct EncodeError(String);
 pub struct SchemaError(String);
 
 /// Encodes with the newest schema; decodes anything written with a known one.
+///
+/// Releases before the fix of issue 12 wrote the fingerprint `apache-avro` computes
+/// (`0a 00 77 11 8e ca aa c1` for v1), which no other library recognises. Topics
+/// still hold such messages, so every known schema is also found under that legacy
+/// fingerprint, as an alias: replaying an old topic works. Only the specification's
+/// fingerprint is ever written.
 #[derive(Debug, Clone)]
 pub struct Codec {
-    reader: Schema,
+    /// Known writer schemas; `writers` points into it.
+    schemas: Vec<Schema>,
+    /// Each schema's fingerprint, and its legacy alias where that differs.
+    writers: HashMap<Fingerprint, usize>,
+    /// The newest published schema: what is written, and what is read into.
+    reader: usize,
     header: [u8; HEADER_LEN],
-    writers: HashMap<Fingerprint, Schema>,
 }
 
 impl Codec {
     /// A codec that knows every schema in [`PUBLISHED_SCHEMAS`] and writes the newest.
     pub fn new() -> Self {
-        // The published schemas are compiled in and covered by tests, so a parse
-        // failure is a build defect, not a runtime condition.
-        let schemas: Vec<Schema> = PUBLISHED_SCHEMAS
-            .iter()
-            .map(|json| Schema::parse_str(json).expect("published schemas parse"))
-            .collect();
-        let reader = schemas
-            .last()
-            .expect("at least one published schema")
-            .clone();
-        let mut header = [0; HEADER_LEN];
-        header[..2].copy_from_slice(&SINGLE_OBJECT_MARKER);
-        header[2..].copy_from_slice(&fingerprint(&reader).0);
-        let writers = schemas.into_iter().map(|s| (fingerprint(&s), s)).collect();
-        Self {
-            reader,
-            header,
-            writers,
+        let mut codec = Self {
+            schemas: Vec::new(),
+            writers: HashMap::new(),
+            reader: 0,
+            header: [0; HEADER_LEN],
+        };
+        let mut newest = None;
+        for json in PUBLISHED_SCHEMAS {
+            // The published schemas are compiled in and covered by tests, so a
+            // failure is a build defect, not a runtime condition.
+            newest = Some(
+                codec
+                    .add_writer_schema(json)
+                    .expect("published schemas parse"),
+            );
         }
+        let newest = newest.expect("at least one published schema");
+        codec.reader = codec.writers[&newest];
+        codec.header[..2].copy_from_slice(&SINGLE_OBJECT_MARKER);
+        codec.header[2..].copy_from_slice(&newest.to_bytes());
+        codec
     }
 
     /// Teaches the codec another writer schema (one from a newer producer, say), so
-    /// messages written with it can be read.
+    /// messages written with it can be read. Returns its fingerprint; the legacy
+    /// alias is known too, as messages from earlier releases may carry it.
     pub fn add_writer_schema(&mut self, json: &str) -> Result<Fingerprint, SchemaError> {
         let schema = Schema::parse_str(json).map_err(|e| SchemaError(e.to_string()))?;
-        let fingerprint = fingerprint(&schema);
-        self.writers.insert(fingerprint, schema);
+        let fingerprint = Fingerprint::of_schema(json).map_err(|e| SchemaError(e.to_string()))?;
+        let legacy = Fingerprint::legacy_of(&schema);
+        let index = self.schemas.len();
+        self.schemas.push(schema);
+        self.writers.insert(fingerprint, index);
+        // An alias never takes the place of a schema's real fingerprint.
+        self.writers.entry(legacy).or_insert(index);
         Ok(fingerprint)
     }
 
@@ -119,7 +130,7 @@ impl Codec {
 
     pub fn encode(&self, event: &CityPopulationUpdated) -> Result<Vec<u8>, EncodeError> {
         let value = apache_avro::to_value(event).map_err(|e| EncodeError(e.to_string()))?;
-        let body = apache_avro::to_avro_datum(&self.reader, value)
+        let body = apache_avro::to_avro_datum(&self.schemas[self.reader], value)
             .map_err(|e| EncodeError(e.to_string()))?;
         let mut out = Vec::with_capacity(HEADER_LEN + body.len());
         out.extend_from_slice(&self.header);
@@ -139,15 +150,16 @@ impl Codec {
         let mut bytes = [0; 8];
         bytes.copy_from_slice(&payload[2..HEADER_LEN]);
         let fingerprint = Fingerprint(bytes);
-        let writer = self
+        let writer = *self
             .writers
             .get(&fingerprint)
             .ok_or(DecodeError::UnknownSchema(fingerprint))?;
         let mut body = &payload[HEADER_LEN..];
         // Resolution against the reader schema walks and rebuilds the whole value;
-        // a message written with the reader schema itself needs none of it.
-        let reader = (payload[2..HEADER_LEN] != self.header[2..]).then_some(&self.reader);
-        let value = apache_avro::from_avro_datum(writer, &mut body, reader)
+        // a message written with the reader schema itself (under either of its
+        // fingerprints) needs none of it.
+        let reader = (writer != self.reader).then_some(&self.schemas[self.reader]);
+        let value = apache_avro::from_avro_datum(&self.schemas[writer], &mut body, reader)
             .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
         if !body.is_empty() {
             return Err(DecodeError::Corrupt(format!(
@@ -163,12 +175,6 @@ impl Default for Codec {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn fingerprint(schema: &Schema) -> Fingerprint {
-    let mut bytes = [0; 8];
-    bytes.copy_from_slice(&schema.fingerprint::<Rabin>().bytes);
-    Fingerprint(bytes)
 }
 
 #[cfg(test)]
@@ -191,6 +197,27 @@ mod tests {
         let bytes = codec.encode(&event("Paris", 2_102_650, 1)).unwrap();
         assert_eq!(&bytes[..2], &[0xC3, 0x01]);
         assert_eq!(&bytes[2..10], &codec.writer_fingerprint().0);
+    }
+
+    /// The specification's fingerprint of v1, as Java's
+    /// `SchemaNormalization.parsingFingerprint64` computes it (issue 12).
+    const V1_FINGERPRINT: [u8; 8] = [0x02, 0x8c, 0xe5, 0xb2, 0xbf, 0x78, 0x84, 0x89];
+
+    #[test]
+    fn writes_the_fingerprint_the_specification_defines() {
+        let codec = Codec::new();
+        assert_eq!(codec.writer_fingerprint().0, V1_FINGERPRINT);
+        let bytes = codec.encode(&event("Paris", 2_102_650, 1)).unwrap();
+        assert_eq!(&bytes[2..10], &V1_FINGERPRINT);
+    }
+
+    #[test]
+    fn reads_what_earlier_releases_wrote_under_the_legacy_fingerprint() {
+        let codec = Codec::new();
+        let original = event("Paris", 2_102_650, 1);
+        let mut old = codec.encode(&original).unwrap();
+        old[2..10].copy_from_slice(&[0x0a, 0x00, 0x77, 0x11, 0x8e, 0xca, 0xaa, 0xc1]);
+        assert_eq!(codec.decode(&old).unwrap(), original);
     }
 
     #[test]
@@ -249,7 +276,7 @@ mod tests {
             ),
         ]);
         let mut payload = vec![0xC3, 0x01];
-        payload.extend_from_slice(&fingerprint(&v2_schema).0);
+        payload.extend_from_slice(&Fingerprint::of_schema(v2).unwrap().to_bytes());
         payload.extend(apache_avro::to_avro_datum(&v2_schema, value).unwrap());
 
         let mut codec = Codec::new();

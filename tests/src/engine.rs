@@ -69,3 +69,26 @@ pub async fn create_narrow_index(engine_url: &str, alias: &str) {
         .and_then(reqwest::Response::error_for_status)
         .unwrap_or_else(|e| panic!("creating the narrow index for {alias}: {e}"));
 }
+
+/// Applies `_aliases` actions (`add`, `remove`) in one atomic call.
+pub async fn update_aliases(engine_url: &str, actions: Value) {
+    reqwest::Client::new()
+        .post(format!("{engine_url}/_aliases"))
+        .json(&json!({ "actions": actions }))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .unwrap_or_else(|e| panic!("updating aliases with {actions}: {e}"));
+}
+
+/// Creates an empty index `name`: the template of the alias it is named after gives
+/// it the mapping.
+pub async fn create_index(engine_url: &str, name: &str) {
+    reqwest::Client::new()
+        .put(format!("{engine_url}/{name}"))
+        .json(&json!({"settings": {"number_of_replicas": 0}}))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .unwrap_or_else(|e| panic!("creating index {name}: {e}"));
+}

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use citypop_schemas::event::{self, CityPopulationUpdated, Codec};
 use rdkafka::admin::{
-    AdminClient, AdminOptions, ConfigSource, NewTopic, ResourceSpecifier, TopicReplication,
+    AdminClient, AdminOptions, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier,
+    TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -40,6 +41,9 @@ impl Kafka {
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
+            // Up to the broker's own limit (message.max.bytes, 1 MiB + 12 bytes by
+            // default), for poison just under it.
+            .set("message.max.bytes", "1048000")
             .create()
             .expect("creating the test producer");
         Self {
@@ -239,15 +243,20 @@ impl Kafka {
             .expect("creating an admin client")
     }
 
+    /// Creates `topic` with `partitions` partitions, as an operator would by hand.
+    pub async fn create_topic(&self, topic: &str, partitions: i32) {
+        self.create_topic_with(topic, partitions, &[]).await;
+    }
+
     /// Creates `topic` with `partitions` and topic-level `configs`, as someone other
     /// than the indexer might have.
-    pub async fn create_topic(&self, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
-        let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    pub async fn create_topic_with(&self, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+        let admin = self.admin();
+        let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
         for (name, value) in configs {
             new_topic = new_topic.set(name, value);
         }
-        let results = self
-            .admin()
+        let results = admin
             .create_topics(
                 [&new_topic],
                 &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
@@ -257,6 +266,8 @@ impl Kafka {
         for result in results {
             result.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
         }
+        self.wait_for_leaders(&admin, topic, partitions as usize)
+            .await;
     }
 
     /// The value of a topic's config (e.g. `retention.ms`) and whether it was set on
@@ -282,6 +293,61 @@ impl Kafka {
             entry.value.clone(),
             entry.source == ConfigSource::DynamicTopic,
         )
+    }
+
+    /// Waits until every one of `partitions` partitions of `topic` has a leader: a
+    /// topic just created or grown answers "not leader" for a moment.
+    async fn wait_for_leaders(
+        &self,
+        admin: &AdminClient<DefaultClientContext>,
+        topic: &str,
+        partitions: usize,
+    ) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let led = admin
+                .inner()
+                .fetch_metadata(Some(topic), TIMEOUT)
+                .ok()
+                .and_then(|metadata| {
+                    let t = metadata.topics().iter().find(|t| t.name() == topic)?;
+                    Some(
+                        t.error().is_none()
+                            && t.partitions().len() == partitions
+                            && t.partitions()
+                                .iter()
+                                .all(|p| p.error().is_none() && p.leader() >= 0),
+                    )
+                })
+                .unwrap_or(false);
+            if led {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{topic} never showed {partitions} partitions with leaders"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Grows `topic` to `partitions` partitions, as `kafka-topics --alter` does.
+    pub async fn add_partitions(&self, topic: &str, partitions: usize) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("creating an admin client");
+        let results = admin
+            .create_partitions(
+                &[NewPartitions::new(topic, partitions)],
+                &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+            )
+            .await
+            .expect("adding partitions");
+        for result in results {
+            result.unwrap_or_else(|(t, e)| panic!("adding partitions to {t}: {e}"));
+        }
+        self.wait_for_leaders(&admin, topic, partitions).await;
     }
 
     /// Deletes `topic` and waits until the broker no longer lists it.

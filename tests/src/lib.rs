@@ -7,6 +7,7 @@
 
 pub mod engine;
 pub mod fault_proxy;
+pub mod interop;
 pub mod kafka;
 
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};

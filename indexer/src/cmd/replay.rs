@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::Message;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::OwnedMessage;
@@ -41,9 +42,10 @@ use crate::batch_writer::BatchWriter;
 use crate::bulk::BulkWriter;
 use crate::config::{Config, ReplayArgs};
 use crate::dead_letter::{self, PoisonCause, PoisonSink};
+use crate::fetch::Flow;
 use crate::index_admin::{
-    create_loading_index, delete_indexes, finish_loading, indexes_behind, live_documents,
-    put_template, set_replicas, set_write_block, swap_alias,
+    TopicBinding, create_loading_index, delete_indexes, finish_loading, indexes_behind,
+    live_documents, put_template, set_replicas, set_write_block, swap_alias,
 };
 use crate::metrics::Metrics;
 use crate::offsets::{self, OffsetReader};
@@ -145,7 +147,11 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         let _ = abort.send(true);
     });
 
-    put_template(&client, &alias, &config.index).await?;
+    let binding = TopicBinding {
+        partitions: Some(start_marks.len() as i32),
+        topic_id: offsets.topic_id(&topic).await?,
+    };
+    put_template(&client, &alias, &config.index, &binding).await?;
     create_loading_index(&client, &index).await?;
     tracing::info!(%index, %alias, events = total, "replay started");
 
@@ -410,16 +416,16 @@ impl Replay {
     /// Reads every partition up to `ends`, writing batches while the next one is
     /// gathered.
     async fn read_until(&mut self, ends: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
-        let pipeline = Pipeline::new(&self.consumer, &self.writer, self.limits);
+        let pipeline = Pipeline::new(&self.consumer, &self.writer, self.limits, Gauge::default());
         let mut plan = ReadToEnds {
             ends,
             next: &mut self.next,
         };
         // Replay never pauses: a failing engine only slows its writes.
-        let (_never_paused, not_paused) = watch::channel(false);
+        let (_always, flowing) = watch::channel(Flow::Flowing);
         let (events, progress) = (&mut self.events, &mut self.progress);
         let ended = pipeline
-            .run(&mut plan, &not_paused, self.stop.clone(), |batch| {
+            .run(&mut plan, &flowing, self.stop.clone(), |batch| {
                 *events += batch.len() as u64;
                 progress.advance(batch.len() as u64);
             })

@@ -261,6 +261,7 @@ mod tests {
             elasticsearch_timeout: Duration::from_millis(200),
             elasticsearch_username: None,
             elasticsearch_password: None,
+            elasticsearch_api_key: None,
             elasticsearch_ca_file: None,
         };
         Arc::new(AppState {

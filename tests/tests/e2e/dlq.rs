@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use apache_avro::types::Value as Avro;
 use citypop_schemas::CityKey;
+use citypop_schemas::event::Fingerprint;
 use citypop_tests::engine::{create_narrow_index, documents};
 use citypop_tests::kafka::{Kafka, now_micros};
 use citypop_tests::{
@@ -13,23 +14,13 @@ use citypop_tests::{
 };
 use serde_json::Value;
 
-use crate::common::{CATCH_UP, wait_for_committed, wait_for_metric};
+use crate::common::{CATCH_UP, SCHEMA_V2, wait_for_committed, wait_for_metric};
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A v2 of the event, adding a field with a default as the contract allows: the
-/// schema a newer producer might write before the indexer knows it.
-const SCHEMA_V2: &str = r#"{"type": "record", "name": "CityPopulationUpdated", "namespace": "io.citypop.events",
-  "fields": [
-    {"name": "event_id", "type": "string"},
-    {"name": "city", "type": "string"},
-    {"name": "population", "type": "long"},
-    {"name": "occurred_at", "type": {"type": "long", "logicalType": "timestamp-micros"}},
-    {"name": "country", "type": "string", "default": ""}
-  ]}"#;
-
 fn encode_v2(city: &str, population: i64) -> Vec<u8> {
     let schema = apache_avro::Schema::parse_str(SCHEMA_V2).unwrap();
+    let fingerprint = Fingerprint::of_schema(SCHEMA_V2).unwrap();
     let record = Avro::Record(vec![
         (
             "event_id".into(),
@@ -41,7 +32,7 @@ fn encode_v2(city: &str, population: i64) -> Vec<u8> {
         ("country".into(), Avro::String("FR".into())),
     ]);
     let mut payload = vec![0xC3, 0x01];
-    payload.extend(schema.fingerprint::<apache_avro::rabin::Rabin>().bytes);
+    payload.extend(fingerprint.to_bytes());
     payload.extend(apache_avro::to_avro_datum(&schema, record).unwrap());
     payload
 }

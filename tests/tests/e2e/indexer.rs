@@ -8,7 +8,7 @@ use crate::common::{
     CATCH_UP, Expected, expect, load, wait_for_committed, wait_for_index, wait_for_metric,
 };
 use citypop_schemas::CityKey;
-use citypop_tests::engine::{create_narrow_index, documents};
+use citypop_tests::engine::{create_index, create_narrow_index, documents, update_aliases};
 use citypop_tests::fault_proxy::FaultProxy;
 use citypop_tests::kafka::{Kafka, now_micros};
 use citypop_tests::{
@@ -527,4 +527,446 @@ async fn a_backlog_is_coalesced_to_the_newest_update_of_each_city() {
         written >= CITIES as f64 && written <= (UPDATES / 10) as f64,
         "{written} documents written for {UPDATES} updates of {CITIES} cities"
     );
+}
+
+/// An alias over two indexes with neither marked as the write index refuses every
+/// document with `400 illegal_argument_exception`: the engine's set-up is wrong, not
+/// the documents. Nothing may be dead-lettered; the indexer stops being ready and
+/// retries until the alias is fixed, then indexes everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alias_without_a_write_index_is_retried_never_dead_lettered() {
+    let stack = Stack::from_env();
+    let names = Names::unique("no-write-index");
+    let kafka = Kafka::connect(&stack.kafka);
+    let indexer = spawn_indexer(&stack, &names).await;
+    let mut expected = Expected::new();
+    load(
+        &kafka,
+        &names.topic,
+        &mut expected,
+        "Alias City",
+        100,
+        500,
+        1_000,
+    )
+    .await;
+    wait_for_index(&stack, &names.alias, &expected).await;
+
+    let second = format!("{}-second", names.alias);
+    create_index(&stack.elasticsearch, &second).await;
+    update_aliases(
+        &stack.elasticsearch,
+        serde_json::json!([{"add": {"index": second, "alias": names.alias}}]),
+    )
+    .await;
+    load(
+        &kafka,
+        &names.topic,
+        &mut expected,
+        "Alias City",
+        100,
+        500,
+        2_000,
+    )
+    .await;
+    let broken_at = Instant::now();
+    let mut saw_not_ready = false;
+    while broken_at.elapsed() < Duration::from_secs(10) {
+        saw_not_ready |= indexer.readiness().await == 503;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        saw_not_ready,
+        "/readyz answered 503 while nothing could be written"
+    );
+    assert!(
+        kafka.read_all(&format!("{}.dlq", names.topic)).is_empty(),
+        "an engine set-up error dead-lettered documents"
+    );
+
+    update_aliases(
+        &stack.elasticsearch,
+        serde_json::json!([{"remove": {"index": second, "alias": names.alias}}]),
+    )
+    .await;
+    wait_for_index(&stack, &names.alias, &expected).await;
+    assert!(kafka.read_all(&format!("{}.dlq", names.topic)).is_empty());
+    assert_eq!(indexer.readiness().await, 200, "ready again once fixed");
+}
+
+/// Poison as large as the broker accepts cannot go to the dead-letter topic whole:
+/// its copy with the `citypop.dlq.*` headers is over the limit, a produce error that
+/// no retry mends. One such message must not stall the indexer: a poison key copied
+/// into the error header is bounded, and a payload too large to copy is recorded as
+/// a stub (origin, reason, the payload's size and SHA-256, no payload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_too_large_to_dead_letter_whole_never_stalls_the_indexer() {
+    use sha2::Digest;
+    let stack = Stack::from_env();
+    let names = Names::unique("large-poison");
+    let kafka = Kafka::connect(&stack.kafka);
+    let indexer = spawn_indexer(&stack, &names).await;
+    let dlq = format!("{}.dlq", names.topic);
+
+    let mut expected = Expected::new();
+    load(
+        &kafka,
+        &names.topic,
+        &mut expected,
+        "Large City",
+        50,
+        100,
+        1_000,
+    )
+    .await;
+    // A key that is no city key: the error that names it quotes it twice.
+    let huge_key = "X".repeat(400_000);
+    kafka.produce(&names.topic, &huge_key, None, &[]).await;
+    // Not Avro, and just under the broker's limit.
+    let huge_payload = vec![b'z'; 1_000_000];
+    kafka
+        .produce(
+            &names.topic,
+            "large city stub",
+            Some(&huge_payload),
+            &[("origin", "test")],
+        )
+        .await;
+    load(
+        &kafka,
+        &names.topic,
+        &mut expected,
+        "Large City",
+        50,
+        100,
+        2_000,
+    )
+    .await;
+
+    wait_for_index(&stack, &names.alias, &expected).await;
+    wait_for_committed(&kafka, &names.group, &names.topic).await;
+    let letters = kafka.read_all(&dlq);
+    assert_eq!(letters.len(), 2, "one dead letter each");
+    for letter in &letters {
+        for (name, value) in &letter.headers {
+            if name.starts_with("citypop.dlq.") {
+                assert!(value.len() <= 1024, "{name} holds {} bytes", value.len());
+            }
+        }
+    }
+    let copied = letters
+        .iter()
+        .find(|l| l.key.as_deref() == Some(huge_key.as_bytes()))
+        .expect("the poison with the huge key, copied whole");
+    assert_eq!(copied.headers["citypop.dlq.reason"], "decode");
+    let stub = letters
+        .iter()
+        .find(|l| l.key.as_deref() == Some(b"large city stub".as_slice()))
+        .expect("the poison with the huge payload");
+    assert_eq!(stub.payload, None, "a stub holds no payload");
+    assert_eq!(stub.headers["citypop.dlq.stub"], "true");
+    assert_eq!(stub.headers["citypop.dlq.reason"], "decode");
+    assert_eq!(stub.headers["citypop.dlq.payload_size"], "1000000");
+    assert_eq!(
+        stub.headers["citypop.dlq.payload_sha256"],
+        format!("{:x}", sha2::Sha256::digest(&huge_payload))
+    );
+    assert_eq!(
+        stub.headers["origin"], "test",
+        "the original headers are kept"
+    );
+    assert!(stub.headers["citypop.dlq.offset"].parse::<i64>().is_ok());
+    assert_eq!(indexer.readiness().await, 200);
+    assert_eq!(
+        indexer
+            .metric("citypop_indexer_dead_letter_stubs_total")
+            .await,
+        1.0
+    );
+}
+
+/// Partitions a member is given while the engine is down must be paused like the
+/// ones it had, or it fetches them at full speed into memory; and a member that
+/// waits out an outage longer than `max.poll.interval.ms` must stay in its group.
+/// Two indexers lose the engine; a third, healthy one joins (a rebalance hands the
+/// first two new partitions) while writes go on; then the engine comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_assigned_during_an_outage_stay_paused_and_nothing_is_lost() {
+    /// Far below what the cut-off members' partitions receive during the outage:
+    /// only what was fetched before a pause may wait in memory.
+    const MOST_WAITING: f64 = 4_000.0;
+    let stack = Stack::from_env();
+    let names = Names::unique("rebalance-outage");
+    let kafka = Kafka::connect(&stack.kafka);
+    let proxy = FaultProxy::start(stack.elasticsearch.trim_start_matches("http://")).await;
+    let through_proxy = [
+        ("CITYPOP_ELASTICSEARCH_URL", proxy.url()),
+        ("CITYPOP_RETRY_MAX_DELAY", "1s".into()),
+        ("CITYPOP_ELASTICSEARCH_TIMEOUT", "3s".into()),
+        ("CITYPOP_MAX_POLL_INTERVAL", "10s".into()),
+        // Small prefetch, so what waits in memory is what was consumed, not what
+        // librdkafka had fetched ahead.
+        ("CITYPOP_BATCH_MAX_EVENTS", "500".into()),
+    ];
+    let first = spawn_indexer_with(&stack, &names, &through_proxy, Readiness::Ready).await;
+    let second = spawn_indexer_with(&stack, &names, &through_proxy, Readiness::Ready).await;
+    let mut expected = Expected::new();
+    load(
+        &kafka,
+        &names.topic,
+        &mut expected,
+        "Rebalance City",
+        600,
+        1200,
+        0,
+    )
+    .await;
+    wait_for_index(&stack, &names.alias, &expected).await;
+
+    proxy.cut().await;
+    let cut_at = Instant::now();
+    load(
+        &kafka,
+        &names.topic,
+        &mut expected,
+        "Rebalance City",
+        600,
+        1200,
+        10_000,
+    )
+    .await;
+    let third = spawn_indexer_with(
+        &stack,
+        &names,
+        &[("CITYPOP_MAX_POLL_INTERVAL", "10s".into())],
+        Readiness::Ready,
+    )
+    .await;
+    let mut most_waiting: f64 = 0.0;
+    let mut chunk = 0;
+    // Past the poll interval, with writes arriving all along.
+    while cut_at.elapsed() < Duration::from_secs(25) {
+        chunk += 1;
+        load(
+            &kafka,
+            &names.topic,
+            &mut expected,
+            "Rebalance City",
+            600,
+            10_000,
+            100_000 * (chunk + 1),
+        )
+        .await;
+        for member in [&first, &second] {
+            most_waiting =
+                most_waiting.max(member.metric("citypop_indexer_messages_waiting").await);
+        }
+    }
+    assert!(
+        most_waiting <= MOST_WAITING,
+        "a cut-off member held {most_waiting} messages: partitions it got during the outage were fetched"
+    );
+    proxy.restore();
+    wait_for_index(&stack, &names.alias, &expected).await;
+    wait_for_committed(&kafka, &names.group, &names.topic).await;
+    for member in [&first, &second, &third] {
+        assert_eq!(member.readiness().await, 200);
+        assert!(
+            !member.log().contains("max.poll.interval.ms"),
+            "a member left its group for not polling"
+        );
+    }
+    assert!(kafka.read_all(&format!("{}.dlq", names.topic)).is_empty());
+}
+
+/// Adding partitions to the topic moves cities to other partitions, whose offsets
+/// (the versions) do not compare with the ones indexed: the indexer refuses to write
+/// and says why, as for a recreated topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_whose_partition_count_changed_is_refused() {
+    let stack = Stack::from_env();
+    let names = Names::unique("more-partitions");
+    let kafka = Kafka::connect(&stack.kafka);
+    let first = spawn_indexer(&stack, &names).await;
+    let mut expected = Expected::new();
+    load(
+        &kafka,
+        &names.topic,
+        &mut expected,
+        "Moved City",
+        50,
+        500,
+        0,
+    )
+    .await;
+    wait_for_index(&stack, &names.alias, &expected).await;
+    drop(first);
+
+    kafka.add_partitions(&names.topic, 16).await;
+    let refusing = spawn_indexer_with(&stack, &names, &[], Readiness::Live).await;
+    wait_for_metric(&refusing, "citypop_indexer_topic_recreated", 1.0).await;
+    for i in 0..50 {
+        kafka
+            .produce_update(&names.topic, &format!("Moved City {i}"), 99_999)
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(refusing.readiness().await, 503);
+    assert!(
+        refusing
+            .log()
+            .contains("has 16 partitions but the index was built from 12"),
+        "the log says why: {}",
+        refusing.log()
+    );
+    wait_for_index(&stack, &names.alias, &expected).await;
+}
+
+/// A topic deleted and recreated under the same name, then written to well past
+/// the versions the index holds, read by a new consumer group: neither the end
+/// offsets nor a committed position tell it apart. Its id does (Kafka 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_with_more_events_than_before_is_told_by_its_id() {
+    let stack = Stack::from_env();
+    let names = Names::unique("recreated-id");
+    let kafka = Kafka::connect(&stack.kafka);
+    let first = spawn_indexer(&stack, &names).await;
+    let mut expected = Expected::new();
+    load(
+        &kafka,
+        &names.topic,
+        &mut expected,
+        "Reborn City",
+        12,
+        24,
+        0,
+    )
+    .await;
+    wait_for_index(&stack, &names.alias, &expected).await;
+    drop(first);
+
+    kafka.delete_topic(&names.topic).await;
+    kafka.create_topic(&names.topic, 12).await;
+    let mut ignored = Expected::new();
+    load(
+        &kafka,
+        &names.topic,
+        &mut ignored,
+        "Reborn City",
+        12,
+        1200,
+        50_000,
+    )
+    .await;
+    let new_group = Names {
+        group: format!("{}-new-group", names.group),
+        ..names.clone()
+    };
+    let refusing = spawn_indexer_with(&stack, &new_group, &[], Readiness::Live).await;
+    wait_for_metric(&refusing, "citypop_indexer_topic_recreated", 1.0).await;
+    assert_eq!(refusing.readiness().await, 503);
+    assert!(
+        refusing
+            .log()
+            .contains("but the index was built from the topic with id"),
+        "the log says why: {}",
+        refusing.log()
+    );
+    wait_for_index(&stack, &names.alias, &expected).await;
+}
+
+/// `/status` answers what an operator asks first: where each partition stands,
+/// whether it is paused, and the last error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_committed_offsets_pauses_and_the_last_error() {
+    let stack = Stack::from_env();
+    let names = Names::unique("status");
+    let kafka = Kafka::connect(&stack.kafka);
+    let proxy = FaultProxy::start(stack.elasticsearch.trim_start_matches("http://")).await;
+    let indexer = spawn_indexer_with(
+        &stack,
+        &names,
+        &[
+            ("CITYPOP_ELASTICSEARCH_URL", proxy.url()),
+            ("CITYPOP_RETRY_MAX_DELAY", "1s".into()),
+            ("CITYPOP_ELASTICSEARCH_TIMEOUT", "3s".into()),
+        ],
+        Readiness::Ready,
+    )
+    .await;
+    let status = || async {
+        reqwest::get(format!("{}/status", indexer.base_url))
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("GET /status")
+            .json::<Value>()
+            .await
+            .expect("status JSON")
+    };
+    let (partition, offset) = kafka
+        .produce_update(&names.topic, "Status City", 1_234)
+        .await;
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        let now = status().await;
+        let row = now["partitions"]
+            .as_array()
+            .expect("partitions")
+            .iter()
+            .find(|p| p["partition"] == partition)
+            .cloned()
+            .unwrap_or_default();
+        if row["committed"].as_i64().is_some_and(|c| c > offset) {
+            assert_eq!(row["paused"], false);
+            assert_eq!(now["ready"], true);
+            assert_eq!(now["group"], names.group.as_str());
+            assert!(now["member_id"].as_str().is_some_and(|id| !id.is_empty()));
+            assert_eq!(now["guard"], "matches");
+            assert!(now["indexed_since_start"].as_u64() >= Some(1));
+            assert_eq!(now["partitions"].as_array().map(Vec::len), Some(12));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partition {partition} never committed past {offset}: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    proxy.cut().await;
+    kafka
+        .produce_update(&names.topic, "Status City", 5_678)
+        .await;
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        let now = status().await;
+        let all_paused = now["partitions"]
+            .as_array()
+            .is_some_and(|ps| !ps.is_empty() && ps.iter().all(|p| p["paused"] == true));
+        if all_paused && now["last_error"]["stage"] == "bulk" {
+            assert_eq!(now["ready"], false);
+            assert!(
+                now["last_error"]["error"]
+                    .as_str()
+                    .is_some_and(|e| !e.is_empty()),
+                "{now}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never paused with an error: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The same, for a person.
+    let table = std::process::Command::new(citypop_tests::binary_path("indexer"))
+        .args(["status", "--url", &indexer.base_url])
+        .output()
+        .expect("running indexer status");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("ready: no"), "{table}");
+    assert!(table.contains("last error: bulk at"), "{table}");
+    assert!(table.contains("partition"), "{table}");
+    proxy.restore();
 }

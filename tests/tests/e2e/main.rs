@@ -4,8 +4,10 @@
 mod api;
 mod common;
 mod dlq;
+mod engine_security;
 mod indexer;
+mod interop;
+mod kafka_security;
 mod pipeline;
 mod replay;
-mod security;
 mod topics;

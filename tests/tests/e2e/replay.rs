@@ -375,7 +375,7 @@ async fn replay_refuses_a_topic_that_is_not_compacted_unless_told() {
     let names = Names::unique("replaydelete");
     let kafka = Kafka::connect(&stack.kafka);
     kafka
-        .create_topic(&names.topic, 12, &[("cleanup.policy", "delete")])
+        .create_topic_with(&names.topic, 12, &[("cleanup.policy", "delete")])
         .await;
     let _indexer = spawn_indexer(&stack, &names).await;
     let mut expected = Expected::new();

@@ -66,7 +66,7 @@ async fn setup_says_plainly_when_an_existing_topic_is_not_compacted_or_has_other
     let names = Names::unique("topiccheck");
     let kafka = Kafka::connect(&stack.kafka);
     kafka
-        .create_topic(&names.topic, 3, &[("cleanup.policy", "delete")])
+        .create_topic_with(&names.topic, 3, &[("cleanup.policy", "delete")])
         .await;
     let output = indexer_command(&stack, &names, &["setup"], &[], CATCH_UP).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -86,7 +86,7 @@ async fn setup_says_plainly_when_an_existing_topic_is_not_compacted_or_has_other
     // A compacted topic with the partitions configured is fine.
     let names = Names::unique("topiccheck");
     kafka
-        .create_topic(&names.topic, 3, &[("cleanup.policy", "compact")])
+        .create_topic_with(&names.topic, 3, &[("cleanup.policy", "compact")])
         .await;
     run_indexer_command(
         &stack,

@@ -123,7 +123,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- if include "citypop.hasSecret" . }}
 {{- $secret := include "citypop.secretName" . }}
-{{- range $name, $key := dict "CITYPOP_KAFKA_SASL_USERNAME" "kafka-sasl-username" "CITYPOP_KAFKA_SASL_PASSWORD" "kafka-sasl-password" "CITYPOP_ELASTICSEARCH_USERNAME" "elasticsearch-username" "CITYPOP_ELASTICSEARCH_PASSWORD" "elasticsearch-password" }}
+{{- range $name, $key := dict "CITYPOP_KAFKA_SASL_USERNAME" "kafka-sasl-username" "CITYPOP_KAFKA_SASL_PASSWORD" "kafka-sasl-password" "CITYPOP_ELASTICSEARCH_USERNAME" "elasticsearch-username" "CITYPOP_ELASTICSEARCH_PASSWORD" "elasticsearch-password" "CITYPOP_ELASTICSEARCH_API_KEY" "elasticsearch-api-key" }}
 - name: {{ $name }}
   valueFrom:
     secretKeyRef:
