@@ -371,7 +371,11 @@ pub async fn redrive(config: &Config, args: &DlqRedriveArgs) -> anyhow::Result<(
             {
                 continue;
             }
+            let stub = header_text(&message, dead_letter::HEADER_STUB).is_some();
             let decision = match (message.key(), origin_of(&message, topic)) {
+                // A stub has no payload: republished, it would be a tombstone and
+                // delete the city. Its event is read from the main topic instead.
+                _ if stub => Decision::Skip("a stub, without its payload"),
                 (Some(key), Some(origin)) => {
                     let indexed = indexed(&client, &config.engine.index_alias, key).await?;
                     redriver.decide(key, origin, indexed)

@@ -447,3 +447,48 @@ async fn a_stopped_redrive_resumes_where_it_stopped() {
         "each dead letter republished once: {counts}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stub_dead_letter_is_never_republished_as_a_tombstone() {
+    let stack = Stack::from_env();
+    let names = Names::unique("redrivestub");
+    let kafka = Kafka::connect(&stack.kafka);
+    let dlq = format!("{}.dlq", names.topic);
+    let _indexer = spawn_indexer(&stack, &names).await;
+    let (partition, offset) = kafka.produce_update(&names.topic, "Rome", 2_750_000).await;
+    wait_for_population(&stack, &names.alias, "rome", 2_750_000).await;
+    // A stub of a later event of rome, as the indexer writes one for a message Kafka
+    // could not take whole: the context, no payload.
+    let (partition, newer) = (partition.to_string(), (offset + 1).to_string());
+    kafka
+        .produce(
+            &dlq,
+            "rome",
+            None,
+            &[
+                ("citypop.dlq.reason", "rejected"),
+                ("citypop.dlq.error", "message too large"),
+                ("citypop.dlq.topic", names.topic.as_str()),
+                ("citypop.dlq.partition", partition.as_str()),
+                ("citypop.dlq.offset", newer.as_str()),
+                ("citypop.dlq.failed_at", "2026-12-04T00:00:00Z"),
+                ("citypop.dlq.stub", "true"),
+                ("citypop.dlq.payload_size", "2000000"),
+            ],
+        )
+        .await;
+    let output =
+        run_indexer_command(&stack, &names, &["dlq", "redrive"], &[], COMMAND_TIMEOUT).await;
+    assert!(
+        output.contains("redriven 0 ") && output.contains("1 skipped"),
+        "{output}"
+    );
+    let tombstones = kafka
+        .read_all(&names.topic)
+        .into_iter()
+        .filter(|r| r.payload.is_none())
+        .count();
+    assert_eq!(tombstones, 0, "a stub went back as a delete of rome");
+    let docs = documents(&stack.elasticsearch, &names.alias).await;
+    assert_eq!(docs["rome"]["deleted"], false, "{:?}", docs["rome"]);
+}
