@@ -121,7 +121,15 @@ pub async fn ensure_topics(config: &Config) -> anyhow::Result<Vec<String>> {
     if !main_existed {
         return Ok(Vec::new());
     }
-    let problems = check_main_topic(config, &admin).await?;
+    let problems = match check_main_topic(config, &admin).await {
+        Ok(problems) => problems,
+        // A user without the right to describe topic configs can still run the
+        // indexer; only the check is lost.
+        Err(error) => {
+            tracing::warn!(topic = %config.kafka.topic, error = format!("{error:#}"), "cannot check the main topic's settings");
+            Vec::new()
+        }
+    };
     for problem in &problems {
         tracing::warn!(topic = %config.kafka.topic, "{problem}");
     }

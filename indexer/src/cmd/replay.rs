@@ -92,7 +92,9 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
             .create()
             .context("creating the replay consumer")?,
     );
-    let policy = setup::cleanup_policy(&*setup::admin_client(config)?, &topic).await?;
+    let policy = setup::cleanup_policy(&*setup::admin_client(config)?, &topic)
+        .await
+        .context("reading the topic's cleanup.policy, to tell whether it holds every city")?;
     let incomplete = !setup::is_compacted(&policy);
     if incomplete && !args.allow_incomplete && !args.dry_run {
         bail!(
