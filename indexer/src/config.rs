@@ -112,6 +112,34 @@ pub struct TopicArgs {
     /// Replication factor of topics the indexer creates; -1 takes the broker's default.
     #[arg(long = "topic-replication-factor", env = "CITYPOP_TOPIC_REPLICATION_FACTOR", default_value_t = -1, allow_negative_numbers = true)]
     pub replication_factor: i32,
+
+    /// `min.insync.replicas` of topics the indexer creates: how many replicas must
+    /// have a write before it is acknowledged to a producer with `acks=all`
+    /// [default: 2 when the replication factor is 3 or more, 1 when it is 1 or 2,
+    /// the broker's own default when the replication factor is -1].
+    #[arg(
+        long = "topic-min-insync-replicas",
+        env = "CITYPOP_TOPIC_MIN_INSYNC_REPLICAS"
+    )]
+    pub min_insync_replicas: Option<i32>,
+
+    /// `retention.ms` of the dead-letter topic when the indexer creates it; -1 keeps
+    /// dead letters until they are redriven or deleted by hand.
+    #[arg(long = "dlq-retention-ms", env = "CITYPOP_DLQ_RETENTION_MS", default_value_t = -1, allow_negative_numbers = true)]
+    pub dlq_retention_ms: i64,
+}
+
+impl TopicArgs {
+    /// The `min.insync.replicas` created topics get; `None` leaves the broker's.
+    pub fn min_insync_replicas(&self) -> Option<i32> {
+        // With fewer than 3 replicas, 2 in sync would stop every write as soon as
+        // one broker is down.
+        self.min_insync_replicas.or(match self.replication_factor {
+            f if f >= 3 => Some(2),
+            f if f >= 1 => Some(1),
+            _ => None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -143,6 +171,17 @@ pub struct ReplayArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+
+    /// Replay a topic whose `cleanup.policy` is not `compact`. With `delete`, cities
+    /// not updated within the retention are gone from the topic, and the new index
+    /// would lack them.
+    #[arg(long)]
+    pub allow_incomplete: bool,
+
+    /// Swap even when the new index holds fewer live documents than the old one,
+    /// beyond the messages replay could not index.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -161,8 +200,11 @@ pub struct StatusArgs {
 pub enum DlqCommand {
     /// Show dead letters with their reason, error and origin.
     List(DlqListArgs),
-    /// Republish dead letters to the main topic (after a fix). Each reason has its own
-    /// consumer group on the dead-letter topic, so nothing is redriven twice.
+    /// Republish dead letters to the main topic (after a fix): only a key's newest
+    /// dead letter, once, and never one whose key has a newer event indexed (it is
+    /// reported as superseded). Each reason has its own consumer group on the
+    /// dead-letter topic, committed as it goes, so nothing is redriven twice and a
+    /// stopped redrive resumes.
     Redrive(DlqRedriveArgs),
 }
 
@@ -190,6 +232,17 @@ pub struct DlqRedriveArgs {
     /// Count what would be republished and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// How long to wait for the live indexer's group to commit up to the end
+    /// offsets of the main topic taken at the start: only then can the index tell
+    /// which dead letters are superseded by a newer event.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub wait_for_indexer: Duration,
+
+    /// Print the counts as JSON (redriven per reason, superseded, duplicates,
+    /// skipped, examined), for a job that acts on them.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[cfg(test)]
@@ -209,5 +262,36 @@ mod tests {
         assert_eq!(config.retry.max_delay, Duration::from_secs(30));
         assert_eq!(config.topics.partitions, 12);
         assert_eq!(config.index.replicas, 1);
+        assert_eq!(config.topics.dlq_retention_ms, -1);
+        assert_eq!(config.topics.min_insync_replicas(), None);
+    }
+
+    #[test]
+    fn min_insync_replicas_follow_the_replication_factor_unless_set() {
+        let topics = |args: &[&str]| {
+            Config::parse_from(std::iter::once("indexer").chain(args.iter().copied())).topics
+        };
+        assert_eq!(
+            topics(&["--topic-replication-factor", "3"]).min_insync_replicas(),
+            Some(2)
+        );
+        assert_eq!(
+            topics(&["--topic-replication-factor", "2"]).min_insync_replicas(),
+            Some(1)
+        );
+        assert_eq!(
+            topics(&["--topic-replication-factor", "1"]).min_insync_replicas(),
+            Some(1)
+        );
+        assert_eq!(
+            topics(&[
+                "--topic-replication-factor",
+                "5",
+                "--topic-min-insync-replicas",
+                "3"
+            ])
+            .min_insync_replicas(),
+            Some(3)
+        );
     }
 }

@@ -6,12 +6,12 @@
 use anyhow::{Context, bail};
 use citypop_runtime::wait_until_ready;
 use citypop_schemas::document;
-use elasticsearch::Elasticsearch;
 use elasticsearch::http::StatusCode;
 use elasticsearch::indices::{
     IndicesCreateParts, IndicesDeleteParts, IndicesGetAliasParts, IndicesGetMappingParts,
     IndicesPutIndexTemplateParts, IndicesPutSettingsParts, IndicesRefreshParts,
 };
+use elasticsearch::{CountParts, Elasticsearch};
 use serde_json::json;
 
 /// What an index was built from, recorded in its `_meta` so the topic guard can
@@ -240,6 +240,34 @@ pub async fn swap_alias(
         .error_for_status_code()
         .context("swapping the alias")?;
     Ok(())
+}
+
+/// Documents in `indexes` that are not soft-deleted, counted after a refresh so
+/// everything written so far is seen.
+pub async fn live_documents(client: &Elasticsearch, indexes: &[String]) -> anyhow::Result<u64> {
+    if indexes.is_empty() {
+        return Ok(0);
+    }
+    let names: Vec<&str> = indexes.iter().map(String::as_str).collect();
+    client
+        .indices()
+        .refresh(IndicesRefreshParts::Index(&names))
+        .send()
+        .await?
+        .error_for_status_code()
+        .with_context(|| format!("refreshing {}", names.join(", ")))?;
+    let body: serde_json::Value = client
+        .count(CountParts::Index(&names))
+        .body(json!({"query": {"bool": {"must_not": {"term": {"deleted": true}}}}}))
+        .send()
+        .await?
+        .error_for_status_code()
+        .with_context(|| format!("counting the documents of {}", names.join(", ")))?
+        .json()
+        .await?;
+    body["count"]
+        .as_u64()
+        .with_context(|| format!("no count in {body}"))
 }
 
 pub async fn delete_indexes(client: &Elasticsearch, indexes: &[String]) -> anyhow::Result<()> {

@@ -1,18 +1,68 @@
 //! A TCP proxy that can cut the line: put it between a service and a dependency
-//! to simulate an outage without touching the dependency itself.
+//! to simulate an outage without touching the dependency itself. It can also watch
+//! for one HTTP request (by a piece of its request line, e.g. `POST /_aliases`) and
+//! act on it, to fail a program at one exact step.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinSet;
+
+/// What the proxy does when it sees the request it watches for.
+#[derive(Debug, Clone, Copy)]
+pub enum OnRequest {
+    /// Cuts every connection before the request reaches the engine, and refuses new
+    /// ones until [`FaultProxy::restore`]: the request and everything after fail.
+    CutBefore,
+    /// Lets the request through, gives the answer `after` to come back, then cuts
+    /// as [`OnRequest::CutBefore`] does.
+    CutAfter(Duration),
+    /// Holds the request for this long before passing it on.
+    Hold(Duration),
+    /// Only tells the test (see [`FaultProxy::watch`]).
+    Pass,
+}
+
+struct Watch {
+    needle: Vec<u8>,
+    action: OnRequest,
+    seen: Arc<Notify>,
+}
+
+struct Shared {
+    cut: AtomicBool,
+    connections: Mutex<JoinSet<()>>,
+    watch: std::sync::Mutex<Option<Watch>>,
+}
+
+impl Shared {
+    async fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.connections.lock().await.abort_all();
+    }
+
+    /// The action for a chunk a client sent, once: the watch is gone afterwards.
+    fn watched(&self, chunk: &[u8]) -> Option<(OnRequest, Arc<Notify>)> {
+        let mut watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = watch.as_ref().is_some_and(|w| {
+            chunk
+                .windows(w.needle.len())
+                .any(|window| window == w.needle.as_slice())
+        });
+        hit.then(|| watch.take())
+            .flatten()
+            .map(|w| (w.action, w.seen))
+    }
+}
 
 pub struct FaultProxy {
     pub addr: SocketAddr,
-    cut: Arc<AtomicBool>,
-    connections: Arc<Mutex<JoinSet<()>>>,
+    shared: Arc<Shared>,
     acceptor: tokio::task::JoinHandle<()>,
 }
 
@@ -24,23 +74,26 @@ impl FaultProxy {
             .expect("binding the proxy");
         let addr = listener.local_addr().expect("proxy address");
         let upstream = upstream.to_owned();
-        let cut = Arc::new(AtomicBool::new(false));
-        let connections = Arc::new(Mutex::new(JoinSet::new()));
+        let shared = Arc::new(Shared {
+            cut: AtomicBool::new(false),
+            connections: Mutex::new(JoinSet::new()),
+            watch: std::sync::Mutex::new(None),
+        });
         let acceptor = {
-            let cut = cut.clone();
-            let connections = connections.clone();
+            let shared = shared.clone();
             tokio::spawn(async move {
-                while let Ok((mut client, _)) = listener.accept().await {
-                    if cut.load(Ordering::SeqCst) {
+                while let Ok((client, _)) = listener.accept().await {
+                    if shared.cut.load(Ordering::SeqCst) {
                         // Accept and drop at once: the client sees the connection close,
                         // as it would with a crashed engine behind a load balancer.
                         drop(client);
                         continue;
                     }
                     let upstream = upstream.clone();
-                    connections.lock().await.spawn(async move {
-                        if let Ok(mut server) = TcpStream::connect(&upstream).await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    let connection_shared = shared.clone();
+                    shared.connections.lock().await.spawn(async move {
+                        if let Ok(server) = TcpStream::connect(&upstream).await {
+                            forward(client, server, &connection_shared).await;
                         }
                     });
                 }
@@ -48,8 +101,7 @@ impl FaultProxy {
         };
         Self {
             addr,
-            cut,
-            connections,
+            shared,
             acceptor,
         }
     }
@@ -60,12 +112,65 @@ impl FaultProxy {
 
     /// Cuts every open connection and refuses new ones until [`restore`](Self::restore).
     pub async fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        self.connections.lock().await.abort_all();
+        self.shared.cut().await;
     }
 
     pub fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
+        self.shared.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Watches for the first request whose bytes contain `needle` and acts on it;
+    /// the returned notification fires when it is seen (before the action's delay).
+    pub fn watch(&self, needle: &str, action: OnRequest) -> Arc<Notify> {
+        let seen = Arc::new(Notify::new());
+        *self.shared.watch.lock().unwrap_or_else(|e| e.into_inner()) = Some(Watch {
+            needle: needle.as_bytes().to_vec(),
+            action,
+            seen: seen.clone(),
+        });
+        seen
+    }
+}
+
+/// Copies both ways, looking at what the client sends for the watched request.
+async fn forward(client: TcpStream, server: TcpStream, shared: &Shared) {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let down = tokio::io::copy(&mut server_read, &mut client_write);
+    let up = async {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = match client_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let chunk = &buffer[..n];
+            let mut cut_after = None;
+            if let Some((action, seen)) = shared.watched(chunk) {
+                seen.notify_one();
+                match action {
+                    OnRequest::CutBefore => {
+                        shared.cut().await;
+                        return;
+                    }
+                    OnRequest::CutAfter(after) => cut_after = Some(after),
+                    OnRequest::Hold(time) => tokio::time::sleep(time).await,
+                    OnRequest::Pass => {}
+                }
+            }
+            if server_write.write_all(chunk).await.is_err() {
+                return;
+            }
+            if let Some(after) = cut_after {
+                tokio::time::sleep(after).await;
+                shared.cut().await;
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = down => {}
+        () = up => {}
     }
 }
 

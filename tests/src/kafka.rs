@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use citypop_schemas::event::{self, CityPopulationUpdated, Codec};
-use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier,
+    TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -233,19 +236,29 @@ impl Kafka {
             .collect()
     }
 
-    /// Creates `topic` with `partitions` partitions, as an operator would by hand.
-    pub async fn create_topic(&self, topic: &str, partitions: i32) {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    fn admin(&self) -> AdminClient<DefaultClientContext> {
+        ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             .create()
-            .expect("creating an admin client");
+            .expect("creating an admin client")
+    }
+
+    /// Creates `topic` with `partitions` partitions, as an operator would by hand.
+    pub async fn create_topic(&self, topic: &str, partitions: i32) {
+        self.create_topic_with(topic, partitions, &[]).await;
+    }
+
+    /// Creates `topic` with `partitions` and topic-level `configs`, as someone other
+    /// than the indexer might have.
+    pub async fn create_topic_with(&self, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+        let admin = self.admin();
+        let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+        for (name, value) in configs {
+            new_topic = new_topic.set(name, value);
+        }
         let results = admin
             .create_topics(
-                &[NewTopic::new(
-                    topic,
-                    partitions,
-                    TopicReplication::Fixed(-1),
-                )],
+                [&new_topic],
                 &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
             )
             .await
@@ -255,6 +268,31 @@ impl Kafka {
         }
         self.wait_for_leaders(&admin, topic, partitions as usize)
             .await;
+    }
+
+    /// The value of a topic's config (e.g. `retention.ms`) and whether it was set on
+    /// the topic itself rather than inherited from the broker.
+    pub async fn topic_config(&self, topic: &str, name: &str) -> (Option<String>, bool) {
+        let described = self
+            .admin()
+            .describe_configs(
+                [&ResourceSpecifier::Topic(topic)],
+                &AdminOptions::new().request_timeout(Some(TIMEOUT)),
+            )
+            .await
+            .expect("describing the topic");
+        let resource = described
+            .into_iter()
+            .next()
+            .expect("one resource")
+            .unwrap_or_else(|e| panic!("describing {topic}: {e}"));
+        let entry = resource
+            .get(name)
+            .unwrap_or_else(|| panic!("{topic} has no config {name}"));
+        (
+            entry.value.clone(),
+            entry.source == ConfigSource::DynamicTopic,
+        )
     }
 
     /// Waits until every one of `partitions` partitions of `topic` has a leader: a

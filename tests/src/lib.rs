@@ -337,6 +337,41 @@ pub async fn run_indexer_command(
     extra: &[(&str, String)],
     timeout: Duration,
 ) -> String {
+    let output = indexer_command(stack, names, args, extra, timeout).await;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "indexer {args:?} failed with {}:\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Runs an indexer admin command to completion, whether it succeeds or not, and
+/// returns its exit status and output; panics if it takes over `timeout`.
+pub async fn indexer_command(
+    stack: &Stack,
+    names: &Names,
+    args: &[&str],
+    extra: &[(&str, String)],
+    timeout: Duration,
+) -> std::process::Output {
+    let mut command = indexer_command_builder(stack, names, args, extra);
+    tokio::time::timeout(timeout, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("indexer {args:?} did not finish within {timeout:?}"))
+        .unwrap_or_else(|e| panic!("running indexer {args:?}: {e}"))
+}
+
+/// An indexer admin command, ready to run or spawn (to signal it while it runs);
+/// stdout and stderr are piped.
+pub fn indexer_command_builder(
+    stack: &Stack,
+    names: &Names,
+    args: &[&str],
+    extra: &[(&str, String)],
+) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(binary("indexer"));
     command
         .env_clear()
@@ -351,18 +386,8 @@ pub async fn run_indexer_command(
     for (key, value) in extra {
         command.env(key, value);
     }
-    let output = tokio::time::timeout(timeout, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("indexer {args:?} did not finish within {timeout:?}"))
-        .unwrap_or_else(|e| panic!("running indexer {args:?}: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "indexer {args:?} failed with {}:\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    command
 }
 
 /// Starts an indexer with extra settings (they override the defaults here).

@@ -1,10 +1,21 @@
 //! `indexer dlq list` and `indexer dlq redrive`.
+//!
+//! Redrive never writes old data over new. A republished event gets a new offset,
+//! which becomes its version, so an old dead letter republished after a newer event
+//! of its key was indexed would put the old content back, and compaction would then
+//! delete the newer event from the topic for good. So redrive first waits until the
+//! live indexer's group has committed up to the end offsets taken at its start (every
+//! earlier event is then indexed, stale, or dead-lettered), learns each key's newest
+//! pending dead letter in a pass that keeps keys and offsets only, then streams the
+//! dead letters and republishes one only if it is its key's newest and the index
+//! holds an older version of the key from the same partition ([`Redriver`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use elasticsearch::GetParts;
 use rdkafka::Message;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
@@ -54,7 +65,7 @@ impl DeadLetter {
     }
 }
 
-fn header_text(message: &BorrowedMessage<'_>, name: &str) -> Option<String> {
+fn header_text(message: &impl Message, name: &str) -> Option<String> {
     message
         .headers()?
         .iter()
@@ -158,11 +169,122 @@ pub async fn list(config: &Config, args: &DlqListArgs) -> anyhow::Result<()> {
 #[derive(Debug, Default, Serialize)]
 pub struct RedriveCounts {
     pub redriven: BTreeMap<&'static str, u64>,
+    /// Not republished: the key has a newer event in the topic (indexed, or a newer
+    /// dead letter), or this very event is indexed already.
+    pub superseded: u64,
+    /// Not republished again: a second copy of a dead letter (same origin).
+    pub duplicates: u64,
+    /// Not republished: the origin cannot be compared (another topic, no origin
+    /// headers, or the key's document is on another partition).
+    pub skipped: u64,
     pub examined: u64,
 }
 
+/// Where a dead letter came from on the main topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// What the index holds for a key: the version (origin offset) and the partition
+/// of the event it shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Indexed {
+    pub version: i64,
+    pub partition: i32,
+}
+
+/// What becomes of one dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Republish,
+    Superseded,
+    Duplicate,
+    Skip(&'static str),
+}
+
+/// The newest pending dead letter of a key, and whether this run republished it.
+#[derive(Debug, Clone, Copy)]
+struct Newest {
+    origin: Origin,
+    republished: bool,
+}
+
+/// Decides dead letters one at a time. It knows, per key, the newest origin among
+/// the dead letters not yet redriven (a first pass over the dead-letter topic
+/// gathers them: keys and offsets only, never payloads), so only a key's newest
+/// dead letter is ever republished, once; and it asks the index whether a newer
+/// event of the key is indexed.
+#[derive(Debug, Default)]
+pub struct Redriver {
+    newest: HashMap<Vec<u8>, Newest>,
+}
+
+impl Redriver {
+    /// A dead letter seen in the first pass.
+    pub fn pending(&mut self, key: &[u8], origin: Origin) {
+        let entry = self.newest.entry(key.to_vec()).or_insert(Newest {
+            origin,
+            republished: false,
+        });
+        if origin.offset > entry.origin.offset {
+            entry.origin = origin;
+        }
+    }
+
+    /// Decides one dead letter of `key` from `origin`, given what the index holds
+    /// for the key now. A `Republish` is remembered: a later copy is a duplicate.
+    pub fn decide(&mut self, key: &[u8], origin: Origin, indexed: Option<Indexed>) -> Decision {
+        let Some(newest) = self.newest.get_mut(key) else {
+            return Decision::Skip("not seen in the first pass");
+        };
+        if newest.origin.partition != origin.partition {
+            return Decision::Skip("its key has dead letters on two partitions");
+        }
+        if origin.offset < newest.origin.offset {
+            return Decision::Superseded;
+        }
+        if newest.republished {
+            return Decision::Duplicate;
+        }
+        match indexed {
+            // The partition count changed since: versions are not comparable.
+            Some(doc) if doc.partition != origin.partition => {
+                Decision::Skip("the indexed document comes from another partition")
+            }
+            // Newer, or this very event (a re-delivery indexed it after a fix).
+            Some(doc) if doc.version >= origin.offset => Decision::Superseded,
+            _ => {
+                newest.republished = true;
+                Decision::Republish
+            }
+        }
+    }
+}
+
+/// The origin of a dead letter on `topic`, from its headers.
+fn origin_of(message: &impl Message, topic: &str) -> Option<Origin> {
+    if header_text(message, dead_letter::HEADER_TOPIC)? != topic {
+        return None;
+    }
+    Some(Origin {
+        partition: header_text(message, dead_letter::HEADER_PARTITION)?
+            .parse()
+            .ok()?,
+        offset: header_text(message, dead_letter::HEADER_OFFSET)?
+            .parse()
+            .ok()?,
+    })
+}
+
+/// How often redrive commits its position while it works, so a crash resumes
+/// instead of starting over.
+const REDRIVE_COMMIT_EVERY: u64 = 100;
+
 pub async fn redrive(config: &Config, args: &DlqRedriveArgs) -> anyhow::Result<()> {
     let dlq_topic = config.dlq_topic();
+    let topic = &config.kafka.topic;
     let producer: FutureProducer = config
         .kafka
         .client_config("citypop-indexer-redrive")
@@ -170,44 +292,125 @@ pub async fn redrive(config: &Config, args: &DlqRedriveArgs) -> anyhow::Result<(
         .set("enable.idempotence", "true")
         .create()
         .context("creating the redrive producer")?;
+    let client = config.engine.client()?;
+    let offsets_reader = OffsetReader::new(&config.kafka)?;
+    wait_for_live_indexer(config, &offsets_reader, args.wait_for_indexer).await?;
     let reasons = args
         .reason
         .map_or(DeadLetterReason::ALL.to_vec(), |r| vec![r]);
+
+    // Each reason has a group of its own (a dead letter has exactly one reason, so
+    // it can only ever be redriven by its reason's group, once). Every letter below
+    // the lowest of their positions was handled by its own group.
+    let mut positions = BTreeMap::new();
+    for reason in DeadLetterReason::ALL {
+        let consumer = reader(config, &redrive_group(config, reason))?;
+        positions.insert(
+            reason.as_str(),
+            committed_offsets(config, &consumer, &dlq_topic).await?,
+        );
+    }
+    let mut redriver = Redriver::default();
+    let scan = reader(config, &format!("{}.dlq-scan", config.consumer_group))?;
+    read_to_end(
+        config,
+        &scan,
+        &dlq_topic,
+        |partition| {
+            positions
+                .values()
+                .map(|p| p.get(&partition).copied())
+                .min()
+                .flatten()
+        },
+        |message| {
+            if let (Some(key), Some(origin)) = (message.key(), origin_of(message, topic)) {
+                redriver.pending(key, origin);
+            }
+        },
+    )
+    .await?;
+
     let mut counts = RedriveCounts::default();
     for reason in reasons {
-        // A group per reason: a dead letter has exactly one reason, so it can only
-        // ever be redriven by its reason's group, once, whatever filters are used.
-        let group = format!("{}.redrive.{}", config.consumer_group, reason.as_str());
+        let group = redrive_group(config, reason);
         let consumer = reader(config, &group)?;
-        let committed = committed_offsets(config, &consumer, &dlq_topic).await?;
-        let mut selected = Vec::new();
-        let ends = read_to_end(
-            config,
-            &consumer,
-            &dlq_topic,
-            |partition| committed.get(&partition).copied(),
-            |message| {
-                counts.examined += 1;
-                if header_text(message, dead_letter::HEADER_REASON).as_deref()
-                    == Some(reason.as_str())
-                {
-                    selected.push(message.detach());
+        let marks = offsets_reader.watermarks(&dlq_topic).await?;
+        let ends: BTreeMap<i32, i64> = marks.iter().map(|(&p, &(_, high))| (p, high)).collect();
+        let committed = &positions[reason.as_str()];
+        let mut next: BTreeMap<i32, i64> = marks
+            .iter()
+            .map(|(&p, &(low, _))| (p, committed.get(&p).copied().unwrap_or(low).max(low)))
+            .collect();
+        offsets::assign(consumer.as_ref(), &dlq_topic, &next)?;
+        let mut since_commit = 0;
+        while next.iter().any(|(p, n)| *n < ends[p]) {
+            let message = tokio::time::timeout(READ_TIMEOUT, consumer.recv())
+                .await
+                .with_context(|| {
+                    format!("no message from {dlq_topic} within {READ_TIMEOUT:?} before its end")
+                })??
+                .detach();
+            let partition = message.partition();
+            if message.offset() >= ends.get(&partition).copied().unwrap_or(0) {
+                continue;
+            }
+            if let Some(n) = next.get_mut(&partition) {
+                *n = (*n).max(offsets::next_after(message.offset()));
+            }
+            counts.examined += 1;
+            since_commit += 1;
+            if !args.dry_run && since_commit > REDRIVE_COMMIT_EVERY {
+                since_commit = 1;
+                // Everything before this dead letter is acknowledged or decided.
+                let mut done = next.clone();
+                done.insert(partition, message.offset());
+                commit(&consumer, &dlq_topic, &done, &group).await?;
+            }
+            if header_text(&message, dead_letter::HEADER_REASON).as_deref() != Some(reason.as_str())
+            {
+                continue;
+            }
+            let stub = header_text(&message, dead_letter::HEADER_STUB).is_some();
+            let decision = match (message.key(), origin_of(&message, topic)) {
+                // A stub has no payload: republished, it would be a tombstone and
+                // delete the city. Its event is read from the main topic instead.
+                _ if stub => Decision::Skip("a stub, without its payload"),
+                (Some(key), Some(origin)) => {
+                    let indexed = indexed(&client, &config.engine.index_alias, key).await?;
+                    redriver.decide(key, origin, indexed)
                 }
-            },
-        )
-        .await?;
-        if args.dry_run {
-            *counts.redriven.entry(reason.as_str()).or_default() += selected.len() as u64;
-            continue;
+                (_, None) => Decision::Skip("no origin on this topic"),
+                // A message without a key cannot overwrite any city.
+                (None, Some(_)) => Decision::Republish,
+            };
+            match decision {
+                Decision::Republish => {
+                    if !args.dry_run {
+                        republish(&producer, topic, &dlq_topic, &message).await?;
+                    }
+                    *counts.redriven.entry(reason.as_str()).or_default() += 1;
+                }
+                Decision::Superseded => counts.superseded += 1,
+                Decision::Duplicate => counts.duplicates += 1,
+                Decision::Skip(why) => {
+                    tracing::warn!(
+                        dlq_partition = partition,
+                        dlq_offset = message.offset(),
+                        why,
+                        "dead letter not redriven"
+                    );
+                    counts.skipped += 1;
+                }
+            }
         }
-        for message in &selected {
-            republish(&producer, &config.kafka.topic, &dlq_topic, message).await?;
-            *counts.redriven.entry(reason.as_str()).or_default() += 1;
+        if !args.dry_run {
+            commit(&consumer, &dlq_topic, &next, &group).await?;
         }
-        // Every republish above is acknowledged; only now may the group move on.
-        offsets::commit_positions(consumer.clone(), &dlq_topic, &ends)
-            .await
-            .with_context(|| format!("committing the redrive position of {group}"))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&counts)?);
+        return Ok(());
     }
     let total: u64 = counts.redriven.values().sum();
     let verb = if args.dry_run {
@@ -217,12 +420,115 @@ pub async fn redrive(config: &Config, args: &DlqRedriveArgs) -> anyhow::Result<(
     };
     let detail = dead_letter::counts_by_reason(&counts.redriven);
     println!(
-        "{verb} {total} dead letters from {dlq_topic} to {} ({}); {} examined",
-        config.kafka.topic,
+        "{verb} {total} dead letters from {dlq_topic} to {topic} ({}); {} superseded, {} \
+         duplicates, {} skipped; {} examined",
         detail.join(", "),
+        counts.superseded,
+        counts.duplicates,
+        counts.skipped,
         counts.examined
     );
     Ok(())
+}
+
+fn redrive_group(config: &Config, reason: DeadLetterReason) -> String {
+    format!("{}.redrive.{}", config.consumer_group, reason.as_str())
+}
+
+async fn commit(
+    consumer: &Arc<StreamConsumer>,
+    topic: &str,
+    positions: &BTreeMap<i32, i64>,
+    group: &str,
+) -> anyhow::Result<()> {
+    offsets::commit_positions(consumer.clone(), topic, positions)
+        .await
+        .with_context(|| format!("committing the redrive position of {group}"))
+}
+
+/// Waits until the live indexer's group has committed up to the main topic's end
+/// offsets taken now: then every event written before the redrive started is
+/// indexed, skipped as stale, or dead-lettered, and the index can tell whether a
+/// dead letter's key has a newer event.
+async fn wait_for_live_indexer(
+    config: &Config,
+    offsets_reader: &OffsetReader,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let topic = &config.kafka.topic;
+    let marks = offsets_reader.watermarks(topic).await?;
+    let live = reader(config, &config.consumer_group)?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let committed =
+            offsets::committed_positions(live.clone(), topic, marks.keys().copied()).await?;
+        let behind: Vec<String> = marks
+            .iter()
+            .filter(|(p, (low, high))| {
+                // An empty partition has nothing to wait for.
+                low < high && committed.get(p).is_none_or(|c| c < high)
+            })
+            .map(|(p, (_, high))| {
+                format!(
+                    "{p}: {} of {high}",
+                    committed.get(p).map_or("none".into(), |c| c.to_string())
+                )
+            })
+            .collect();
+        if behind.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "the live indexer (group {}) has not committed up to the end of {topic} within \
+                 {timeout:?} (partition: committed of end: {}); redrive needs it caught up to \
+                 tell which dead letters are superseded: is it running?",
+                config.consumer_group,
+                behind.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The version and partition the index holds for `key`, read in real time from
+/// every index behind the alias (the newest wins).
+async fn indexed(
+    client: &elasticsearch::Elasticsearch,
+    alias: &str,
+    key: &[u8],
+) -> anyhow::Result<Option<Indexed>> {
+    let id = String::from_utf8_lossy(key);
+    let mut newest: Option<Indexed> = None;
+    for index in crate::index_admin::indexes_behind(client, alias).await? {
+        let response = client
+            .get(GetParts::IndexId(&index, &id))
+            ._source_includes(&["version", "partition"])
+            .send()
+            .await?;
+        if response.status_code() == elasticsearch::http::StatusCode::NOT_FOUND {
+            continue;
+        }
+        let body: serde_json::Value = response
+            .error_for_status_code()
+            .with_context(|| format!("reading {id} from {index}"))?
+            .json()
+            .await?;
+        let (Some(version), Some(partition)) = (
+            body["_source"]["version"].as_i64(),
+            body["_source"]["partition"].as_i64(),
+        ) else {
+            continue;
+        };
+        let doc = Indexed {
+            version,
+            partition: partition as i32,
+        };
+        if newest.is_none_or(|n| n.version < doc.version) {
+            newest = Some(doc);
+        }
+    }
+    Ok(newest)
 }
 
 async fn committed_offsets(
@@ -268,4 +574,81 @@ async fn republish(
         .await
         .map_err(|(error, _)| anyhow::anyhow!("republishing {origin} to {topic}: {error}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(partition: i32, offset: i64) -> Origin {
+        Origin { partition, offset }
+    }
+
+    fn indexed(partition: i32, version: i64) -> Option<Indexed> {
+        Some(Indexed { version, partition })
+    }
+
+    #[test]
+    fn a_dead_letter_whose_key_has_a_newer_indexed_event_is_superseded() {
+        let mut redriver = Redriver::default();
+        redriver.pending(b"paris", at(3, 100));
+        assert_eq!(
+            redriver.decide(b"paris", at(3, 100), indexed(3, 150)),
+            Decision::Superseded
+        );
+        // This very event, indexed after all (a re-delivery after the fix).
+        let mut redriver = Redriver::default();
+        redriver.pending(b"paris", at(3, 100));
+        assert_eq!(
+            redriver.decide(b"paris", at(3, 100), indexed(3, 100)),
+            Decision::Superseded
+        );
+    }
+
+    #[test]
+    fn only_the_newest_dead_letter_of_a_key_is_republished_and_only_once() {
+        let mut redriver = Redriver::default();
+        // In the dead-letter topic out of origin order, and one written twice.
+        for origin in [at(1, 20), at(1, 10), at(1, 20)] {
+            redriver.pending(b"lyon", origin);
+        }
+        let older = indexed(1, 5);
+        assert_eq!(
+            redriver.decide(b"lyon", at(1, 20), older),
+            Decision::Republish
+        );
+        assert_eq!(
+            redriver.decide(b"lyon", at(1, 10), older),
+            Decision::Superseded
+        );
+        assert_eq!(
+            redriver.decide(b"lyon", at(1, 20), older),
+            Decision::Duplicate
+        );
+    }
+
+    #[test]
+    fn a_key_never_indexed_is_republished() {
+        let mut redriver = Redriver::default();
+        redriver.pending(b"nice", at(0, 7));
+        assert_eq!(
+            redriver.decide(b"nice", at(0, 7), None),
+            Decision::Republish
+        );
+    }
+
+    #[test]
+    fn versions_from_another_partition_are_not_compared() {
+        let mut redriver = Redriver::default();
+        redriver.pending(b"lille", at(2, 7));
+        assert!(matches!(
+            redriver.decide(b"lille", at(2, 7), indexed(5, 3)),
+            Decision::Skip(_)
+        ));
+        let mut redriver = Redriver::default();
+        assert!(matches!(
+            redriver.decide(b"unseen", at(2, 7), None),
+            Decision::Skip(_)
+        ));
+    }
 }

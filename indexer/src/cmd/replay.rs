@@ -15,6 +15,13 @@
 //!    with the live indexer harmless.
 //! 6. Restore replicas, optionally delete the old index, print a summary.
 //!
+//! It refuses a topic that is not compacted (`--allow-incomplete` overrides) and, just
+//! before the swap, a new index with fewer live documents than the old one beyond
+//! what it could not index (`--force` overrides). Stopped anywhere (an error, Ctrl-C,
+//! SIGTERM), it lifts the write block on the old index and, once the alias has
+//! moved, restores the new index's replicas, both retried until the engine accepts
+//! them: an interrupted replay never leaves the live index blocked or thin.
+//!
 //! Messages replay cannot index are counted and reported, not dead-lettered again:
 //! the live indexer dead-lettered them when they first arrived.
 
@@ -38,13 +45,14 @@ use crate::dead_letter::{self, PoisonCause, PoisonSink};
 use crate::fetch::Flow;
 use crate::index_admin::{
     TopicBinding, create_loading_index, delete_indexes, finish_loading, indexes_behind,
-    put_template, set_replicas, set_write_block, swap_alias,
+    live_documents, put_template, set_replicas, set_write_block, swap_alias,
 };
 use crate::metrics::Metrics;
 use crate::offsets::{self, OffsetReader};
 use crate::pipeline::{FetchPlan, LoopEnd, LoopError, Next, Pipeline};
 use crate::progress::Progress;
-use crate::retry::{Interrupted, Retry};
+use crate::retry::{Interrupted, Retry, RetryPolicy};
+use crate::setup;
 
 /// Longest wait for the next message while the end offsets are not reached yet.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -84,6 +92,17 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
             .create()
             .context("creating the replay consumer")?,
     );
+    let policy = setup::cleanup_policy(&*setup::admin_client(config)?, &topic)
+        .await
+        .context("reading the topic's cleanup.policy, to tell whether it holds every city")?;
+    let incomplete = !setup::is_compacted(&policy);
+    if incomplete && !args.allow_incomplete && !args.dry_run {
+        bail!(
+            "topic {topic} has cleanup.policy {policy:?}, not \"compact\": cities not updated \
+             within its retention are gone from it, so the new index would lack them; pass \
+             --allow-incomplete to replay what is left"
+        );
+    }
     let previous = indexes_behind(&client, &alias).await?;
     let offsets = OffsetReader::new(&config.kafka)?;
     let start_marks = offsets.watermarks(&topic).await?;
@@ -99,6 +118,16 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         for (partition, (low, high)) in &start_marks {
             println!("    partition {partition}: offsets {low}..{high}");
         }
+        if incomplete {
+            println!(
+                "  cleanup.policy {policy:?}, not \"compact\": the topic may have lost cities; {}",
+                if args.allow_incomplete {
+                    "replayed anyway (--allow-incomplete)"
+                } else {
+                    "refused without --allow-incomplete"
+                }
+            );
+        }
         println!("  new index {index} (replicas 0 and refresh off while loading)");
         println!(
             "  alias {alias} moves from [{}] to {index}",
@@ -113,6 +142,10 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     let (abort, aborted) = watch::channel(false);
     tokio::spawn(async move {
         citypop_runtime::shutdown_signal().await;
+        tracing::warn!(
+            "stopping the replay; the old index is left writable and the serving index \
+             keeps its replicas, which may take retries while the engine is unreachable"
+        );
         let _ = abort.send(true);
     });
 
@@ -143,7 +176,7 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         progress: Progress::new(total as u64),
         next: start_marks.iter().map(|(&p, &(low, _))| (p, low)).collect(),
         events: 0,
-        stop: aborted,
+        stop: aborted.clone(),
     };
     offsets::assign(consumer.as_ref(), &topic, &replay.next)?;
 
@@ -153,12 +186,10 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         .collect();
     if let Err(error) = replay.read_until(&first_ends).await {
         // Nothing reads the new index yet; leave no half-built index behind.
-        delete_indexes(&client, std::slice::from_ref(&index))
-            .await
-            .ok();
-        return Err(
-            error.context("replay stopped before the alias swap; the new index was deleted")
-        );
+        let discarded = discard(&client, &index).await;
+        return Err(error.context(format!(
+            "replay stopped before the alias swap; the alias was not touched, {discarded}"
+        )));
     }
 
     tracing::debug!(events = replay.events, "start end offsets reached");
@@ -176,37 +207,62 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
             "old index frozen and read to its end"
         );
         finish_loading(&client, &index).await?;
+        let not_indexed: u64 = replay.writer.poison_sink().counts().values().sum();
+        compare_documents(&client, &previous, &index, not_indexed, args.force).await?;
+        interrupted(&aborted)?;
         swap_alias(&client, &alias, &previous, &index).await
     }
     .await;
-    // Whatever happened, the live indexer must be able to write again.
-    let unblocked = set_write_block(&client, &previous, false).await;
+    // Whatever happened, the live indexer must be able to write again; and when the
+    // swap's answer was lost, the alias itself says whether it happened.
+    let must_finish = RetryPolicy {
+        max_attempts: 0,
+        ..config.retry
+    };
+    until_done(
+        must_finish,
+        "lifting the write block on the old index",
+        || set_write_block(&client, &previous, false),
+    )
+    .await;
     if let Err(error) = swapped {
-        delete_indexes(&client, std::slice::from_ref(&index))
-            .await
-            .ok();
-        return Err(
-            error.context("replay stopped before the alias swap; the new index was deleted")
-        );
+        let serving = until_done(must_finish, "reading the alias", || {
+            indexes_behind(&client, &alias)
+        })
+        .await;
+        if serving != [index.clone()] {
+            let discarded = discard(&client, &index).await;
+            return Err(error.context(format!(
+                "replay stopped before the alias swap; the old index serves and takes \
+                 writes, {discarded}"
+            )));
+        }
+        tracing::warn!(%error, "the swap's answer was lost, but the alias moved");
     }
-    unblocked?;
     tracing::info!(%alias, %index, "alias swapped");
 
-    let second_ends = offsets.end_offsets(&topic).await?;
-    let more: i64 = second_ends
-        .iter()
-        .map(|(p, end)| (end - first_ends.get(p).copied().unwrap_or(0)).max(0))
-        .sum();
-    replay.progress.grow(more as u64);
-    replay
-        .read_until(&second_ends)
-        .await
-        .context("reading on after the alias swap (the alias already serves the new index)")?;
+    // From here the new index serves: whatever happens, it gets its replicas back.
+    let read_on = async {
+        let second_ends = offsets.end_offsets(&topic).await?;
+        let more: i64 = second_ends
+            .iter()
+            .map(|(p, end)| (end - first_ends.get(p).copied().unwrap_or(0)).max(0))
+            .sum();
+        replay.progress.grow(more as u64);
+        replay.read_until(&second_ends).await
+    }
+    .await;
     replay.progress.finish();
-
-    set_replicas(&client, &index, config.index.replicas)
-        .await
-        .context("restoring the replicas of the new index")?;
+    until_done(
+        must_finish,
+        "restoring the replicas of the new index",
+        || set_replicas(&client, &index, config.index.replicas),
+    )
+    .await;
+    read_on.context(
+        "reading on after the alias swap; the new index serves with its replicas, and the \
+         live indexer writes what was left",
+    )?;
     if args.delete_old && !previous.is_empty() {
         delete_indexes(&client, &previous).await?;
     }
@@ -223,6 +279,78 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         deleted_previous: args.delete_old,
     };
     print_summary(&summary, args.json)
+}
+
+/// Deletes the half-built new index; says what became of it.
+async fn discard(client: &elasticsearch::Elasticsearch, index: &str) -> String {
+    match delete_indexes(client, &[index.to_owned()]).await {
+        Ok(()) => "the new index was deleted".to_owned(),
+        Err(error) => format!("the new index {index} is left behind ({error:#}): delete it"),
+    }
+}
+
+/// Fails once the replay was told to stop.
+fn interrupted(aborted: &watch::Receiver<bool>) -> anyhow::Result<()> {
+    if *aborted.borrow() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Retries a step that must not be left undone (lifting the write block,
+/// restoring replicas) until it succeeds: neither a signal nor the retry limit ends
+/// it, since giving up would leave the live index damaged.
+async fn until_done<T, Fut>(policy: RetryPolicy, what: &str, mut attempt: impl FnMut() -> Fut) -> T
+where
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    // The sender is dropped at once: an abort signal that can never be set.
+    let (_, never) = watch::channel(false);
+    let retry = Retry::new(policy, never);
+    loop {
+        // Without an abort signal and with no attempt limit only success ends the
+        // retries; the loop is there for the type's sake.
+        if let Ok(done) = retry
+            .run(what, &mut attempt, |_: &anyhow::Error, _| {})
+            .await
+        {
+            return done;
+        }
+    }
+}
+
+/// Refuses a new index with fewer live documents than the old one beyond what
+/// replay could not index: the topic lost events (retention, deleted records) and
+/// the swap would lose cities.
+async fn compare_documents(
+    client: &elasticsearch::Elasticsearch,
+    previous: &[String],
+    index: &str,
+    not_indexed: u64,
+    force: bool,
+) -> anyhow::Result<()> {
+    let old = live_documents(client, previous).await?;
+    let new = live_documents(client, &[index.to_owned()]).await?;
+    if new + not_indexed >= old {
+        return Ok(());
+    }
+    let missing = old - new - not_indexed;
+    if force {
+        tracing::warn!(
+            old,
+            new,
+            not_indexed,
+            missing,
+            "fewer documents, swapping as forced"
+        );
+        return Ok(());
+    }
+    bail!(
+        "the new index {index} holds {new} live documents, [{}] {old}, and only {not_indexed} \
+         messages could not be indexed: {missing} cities would be lost (the topic no longer \
+         holds their events); pass --force to swap anyway",
+        previous.join(", ")
+    )
 }
 
 fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {

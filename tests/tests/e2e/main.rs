@@ -10,3 +10,4 @@ mod interop;
 mod kafka_security;
 mod pipeline;
 mod replay;
+mod topics;

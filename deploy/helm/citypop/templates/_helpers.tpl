@@ -271,8 +271,16 @@ chart's Secret, so that pods restart when credentials change. Empty when there a
       replication=()
       if [ "$REPLICATION_FACTOR" != "-1" ]; then replication=(--replication-factor "$REPLICATION_FACTOR"); fi
       # Compaction keeps the newest event and the tombstone of every city.
-      kafka --create --if-not-exists --topic "$TOPIC" --partitions "$PARTITIONS" "${replication[@]}" --config cleanup.policy=compact
-      kafka --create --if-not-exists --topic "$DLQ_TOPIC" --partitions 1 "${replication[@]}"
+      # With acks=all, a write is acknowledged once this many replicas hold it.
+      insync=()
+      min_insync="$MIN_INSYNC_REPLICAS"
+      if [ "$min_insync" = "0" ]; then
+        if [ "$REPLICATION_FACTOR" -ge 3 ]; then min_insync=2; elif [ "$REPLICATION_FACTOR" -ge 1 ]; then min_insync=1; fi
+      fi
+      if [ "$min_insync" != "0" ]; then insync=(--config "min.insync.replicas=$min_insync"); fi
+      kafka --create --if-not-exists --topic "$TOPIC" --partitions "$PARTITIONS" "${replication[@]}" "${insync[@]}" --config cleanup.policy=compact
+      # Dead letters wait for a fix and a redrive, however long that takes.
+      kafka --create --if-not-exists --topic "$DLQ_TOPIC" --partitions 1 "${replication[@]}" "${insync[@]}" --config "retention.ms=$DLQ_RETENTION_MS"
       actual=$(kafka --describe --topic "$TOPIC" | sed -n 's/.*PartitionCount: *\([0-9]*\).*/\1/p' | head -n 1)
       if [ "$actual" != "$PARTITIONS" ]; then
         echo "warning: $TOPIC has $actual partitions, the chart expects $PARTITIONS (partitions are fixed at creation)" >&2
@@ -289,6 +297,10 @@ chart's Secret, so that pods restart when credentials change. Empty when there a
       value: {{ $v.kafka.topic.partitions | int64 | quote }}
     - name: REPLICATION_FACTOR
       value: {{ $v.kafka.topic.replicationFactor | int64 | quote }}
+    - name: MIN_INSYNC_REPLICAS
+      value: {{ $v.kafka.topic.minInsyncReplicas | int64 | quote }}
+    - name: DLQ_RETENTION_MS
+      value: {{ $v.kafka.dlqRetentionMs | int64 | quote }}
     - name: KAFKA_SECURITY_PROTOCOL
       value: {{ $v.kafka.securityProtocol | quote }}
     - name: KAFKA_SASL_MECHANISM
