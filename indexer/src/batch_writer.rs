@@ -16,10 +16,10 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::batch::Batch;
 use crate::bulk::{BulkLimits, BulkSink, ItemAttempt, ItemOutcome, RequestFailed};
-use crate::dead_letter::{DeadLetterReason, PoisonCause, PoisonSink};
+use crate::dead_letter::{DeadLetterReason, PoisonCause, PoisonSink, is_redriven};
 use crate::decode::{Decoded, Write, decode};
 use crate::fetch::BatchReceiver;
-use crate::metrics::{IndexedResult, Metrics, RetryReason};
+use crate::metrics::{IndexedResult, Metrics, RedriveResult, RetryReason};
 use crate::retry::{Interrupted, Retry};
 
 /// Batches written at once (see [`BatchWriter::write_batches`]).
@@ -158,14 +158,22 @@ impl<S: BulkSink, P: PoisonSink> BatchWriter<S, P> {
             }
         }
         for (write, outcome) in self.write_with_retries(writes).await? {
+            // Every write was decoded from the batch's message for its city.
+            let message = batch.newest.get(write.key());
+            if message.is_some_and(is_redriven) {
+                match outcome {
+                    ItemOutcome::Stale => self.metrics.redriven(RedriveResult::Superseded),
+                    ItemOutcome::Rejected(_) => {}
+                    _ => self.metrics.redriven(RedriveResult::Indexed),
+                }
+            }
             match outcome {
                 ItemOutcome::Created => self.indexed(IndexedResult::Created, &write),
                 ItemOutcome::Updated => self.indexed(IndexedResult::Updated, &write),
                 ItemOutcome::Deleted => self.indexed(IndexedResult::Deleted, &write),
                 ItemOutcome::Stale => self.metrics.indexed(IndexedResult::Stale),
                 ItemOutcome::Rejected(error) => {
-                    // Every write was decoded from the batch's message for its city.
-                    if let Some(message) = batch.newest.get(write.key()) {
+                    if let Some(message) = message {
                         let cause = PoisonCause {
                             reason: DeadLetterReason::Rejected,
                             error,
@@ -521,6 +529,43 @@ mod tests {
                 ("lyon".to_owned(), 2, DeadLetterReason::Rejected),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_redriven_message_that_a_newer_event_beat_counts_as_superseded() {
+        let mut registry = Registry::default();
+        let stale = |_: &Write| ItemAttempt::Done(ItemOutcome::Stale);
+        let writer = BatchWriter::new(
+            Arc::new(Codec::new()),
+            FakeEngine::answering([Answer::Items(stale), Answer::Items(stale)]),
+            RecordedPoison::default(),
+            Retry::new(QUICK_RETRIES, not_aborted()),
+            Arc::new(Metrics::register(&mut registry)),
+            BulkLimits {
+                documents: 100,
+                concurrency: 2,
+            },
+        );
+        let mut batch = Batch::default();
+        batch.push(
+            &writer.codec,
+            MessageBuilder::tombstone("paris")
+                .at(0, 9)
+                .header(crate::dead_letter::HEADER_REDRIVEN_FROM, "t.dlq/0/3")
+                .build(),
+        );
+        batch.push(
+            &writer.codec,
+            MessageBuilder::tombstone("oslo").at(1, 4).build(),
+        );
+        writer.write(&batch).await.expect("written");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("citypop_indexer_redriven_documents_total{result=\"superseded\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("result=\"indexed\"} 1"), "{text}");
     }
 
     #[tokio::test]

@@ -86,6 +86,17 @@ pub(crate) trait PoisonSink {
     async fn take(&self, message: &OwnedMessage, cause: &PoisonCause) -> Result<(), Interrupted>;
 }
 
+/// Header a redriven message carries on the main topic: where it was dead-lettered
+/// (`<dlq>/<partition>/<offset>`).
+pub const HEADER_REDRIVEN_FROM: &str = "citypop.redriven_from";
+
+/// Whether `message` was republished from the dead-letter topic by `dlq redrive`.
+pub fn is_redriven(message: &OwnedMessage) -> bool {
+    message
+        .headers()
+        .is_some_and(|headers| headers.iter().any(|h| h.key == HEADER_REDRIVEN_FROM))
+}
+
 pub const HEADER_REASON: &str = "citypop.dlq.reason";
 pub const HEADER_ERROR: &str = "citypop.dlq.error";
 pub const HEADER_TOPIC: &str = "citypop.dlq.topic";

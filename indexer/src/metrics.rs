@@ -34,6 +34,23 @@ impl IndexedResult {
     }
 }
 
+/// What became of a message `dlq redrive` republished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RedriveResult {
+    Indexed,
+    /// A newer event of its city reached the index first: the version refused it.
+    Superseded,
+}
+
+impl RedriveResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Indexed => "indexed",
+            Self::Superseded => "superseded",
+        }
+    }
+}
+
 /// What a bulk retry was for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RetryReason {
@@ -85,11 +102,22 @@ macro_rules! label_value_as_str {
         }
     )*};
 }
-label_value_as_str!(IndexedResult, RetryReason, DeadLetterReason, GuardState);
+label_value_as_str!(
+    IndexedResult,
+    RedriveResult,
+    RetryReason,
+    DeadLetterReason,
+    GuardState
+);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct IndexedLabels {
     result: IndexedResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RedriveLabels {
+    result: RedriveResult,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -116,6 +144,7 @@ pub struct Metrics {
     consumed: Counter,
     indexed: Family<IndexedLabels, Counter>,
     retries: Family<RetryLabels, Counter>,
+    redriven: Family<RedriveLabels, Counter>,
     dead_letters: Family<DeadLetterLabels, Counter>,
     bulk_documents: Histogram,
     bulk_duration: Histogram,
@@ -140,6 +169,7 @@ impl Metrics {
             consumed: Counter::default(),
             indexed: Family::default(),
             retries: Family::default(),
+            redriven: Family::default(),
             dead_letters: Family::default(),
             bulk_documents: Histogram::new(exponential_buckets(1.0, 4.0, 8)),
             bulk_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
@@ -174,6 +204,11 @@ impl Metrics {
             "retries",
             "Bulk retries, by reason: request (the whole request failed) or item (429/5xx items)",
             metrics.retries.clone(),
+        );
+        registry.register(
+            "redriven_documents",
+            "Messages republished by dlq redrive, as the indexer wrote them: indexed, or superseded (a newer event of the city was indexed first)",
+            metrics.redriven.clone(),
         );
         registry.register(
             "dead_letters",
@@ -257,6 +292,10 @@ impl Metrics {
 
     pub fn indexed(&self, result: IndexedResult) {
         self.indexed.get_or_create(&IndexedLabels { result }).inc();
+    }
+
+    pub fn redriven(&self, result: RedriveResult) {
+        self.redriven.get_or_create(&RedriveLabels { result }).inc();
     }
 
     pub fn retried(&self, reason: RetryReason, count: usize) {

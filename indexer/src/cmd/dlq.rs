@@ -26,8 +26,7 @@ use crate::config::{Config, DlqListArgs, DlqRedriveArgs};
 use crate::dead_letter::{self, DeadLetterReason};
 use crate::offsets::{self, OffsetReader};
 
-/// Header a redriven message carries on the main topic: where it was dead-lettered.
-pub const HEADER_REDRIVEN_FROM: &str = "citypop.redriven_from";
+pub use crate::dead_letter::HEADER_REDRIVEN_FROM;
 
 /// How long reading to the end may wait for one message before giving up.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
