@@ -5,6 +5,7 @@
 //! Endpoints come from `KAFKA_BOOTSTRAP_SERVERS` and `ELASTICSEARCH_URL`. When they
 //! are unset or unreachable the tests fail and say how to start the stack.
 
+pub mod api_client;
 pub mod engine;
 pub mod fault_proxy;
 pub mod kafka;

@@ -14,6 +14,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use citypop_tests::api_client::ApiClient;
 use citypop_tests::{
     Names, Readiness, Service, Stack, binary_path, run_indexer_command, spawn_indexer,
     spawn_indexer_with, spawn_producer_api_with,
@@ -198,11 +199,8 @@ async fn pass(State(gate): State<Arc<Gate>>, request: Request) -> Response {
 
 /// `/readyz` of `api`, read whole.
 async fn readiness(api: &Service) -> (u16, Value) {
-    let response = reqwest::get(format!("{}/readyz", api.base_url))
-        .await
-        .expect("GET /readyz");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    let reply = ApiClient::of(api).get("/readyz").await;
+    (reply.status, reply.body)
 }
 
 /// Asserts that `/readyz` answers 503, naming `dependency` as down, every time it
@@ -218,15 +216,6 @@ async fn assert_stays_unready(api: &Service, dependency: &str, period: Duration)
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-async fn post_city(api: &Service, name: &str, population: i64) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("{}/city", api.base_url))
-        .json(&json!({"name": name, "population": population}))
-        .send()
-        .await
-        .expect("POST /city")
 }
 
 fn assert_no_secret_in(what: &str, text: &str) {
@@ -251,18 +240,14 @@ async fn sasl_and_engine_credentials_carry_a_write_to_a_read() {
     let indexer = spawn_indexer_with(&stack, &names, &settings, Readiness::Ready).await;
     let api = spawn_producer_api_with(&stack, &names, &settings, Readiness::Ready).await;
 
-    let written = post_city(&api, "Reykjavík", 139_875).await;
-    assert_eq!(written.status(), 202);
-    let written: Value = written.json().await.expect("the 202 body");
-    let offset = written["offset"].as_i64().expect("offset");
-    let read = reqwest::get(format!(
-        "{}/city/reykjav%C3%ADk?min_version={offset}&wait_ms=10000",
-        api.base_url
-    ))
-    .await
-    .expect("GET /city");
-    assert_eq!(read.status(), 200);
-    let read: Value = read.json().await.expect("the city");
+    let client = ApiClient::of(&api);
+    let (_, _, offset) = client
+        .post_city("Reykjavík", 139_875)
+        .await
+        .assert_accepted();
+    let read = client.read_version("reykjavík", offset).await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    let read = read.body;
     assert_eq!(
         (&read["name"], &read["population"], &read["version"]),
         (&json!("Reykjavík"), &json!(139_875), &json!(offset))
@@ -333,9 +318,9 @@ async fn a_wrong_sasl_password_keeps_writes_out() {
     let (_, body) = readiness(&api).await;
     assert_eq!(body["checks"]["elasticsearch"]["status"], "up", "{body}");
 
-    let write = post_city(&api, "Tromsø", 77_544).await;
-    assert_eq!(write.status(), 503);
-    assert!(write.headers().contains_key(header::RETRY_AFTER));
+    let write = ApiClient::of(&api).post_city("Tromsø", 77_544).await;
+    write.assert_problem(503, "unavailable");
+    assert!(write.header("retry-after").is_some());
     assert_stays_unready(&api, "kafka", Duration::ZERO).await;
     let log = api.log();
     assert!(
@@ -363,10 +348,10 @@ async fn a_wrong_engine_password_keeps_reads_out() {
     assert_stays_unready(&api, "elasticsearch", Duration::from_secs(3)).await;
     let (_, body) = readiness(&api).await;
     assert_eq!(body["checks"]["kafka"]["status"], "up", "{body}");
-    let read = reqwest::get(format!("{}/city/oslo", api.base_url))
+    ApiClient::of(&api)
+        .get_city("oslo", "")
         .await
-        .expect("GET /city");
-    assert_eq!(read.status(), 503);
+        .assert_problem(503, "unavailable");
 
     // The credentials were sent, and refused.
     let seen = gate.seen();
