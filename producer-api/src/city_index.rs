@@ -14,6 +14,11 @@ use utoipa::ToSchema;
 
 use crate::search::{Search, SortOrder};
 
+/// How long the engine may wait for the alias's index to become yellow before it
+/// answers a health request: a missing index makes it wait the whole time, and a
+/// probe must answer well within Kubernetes' probe timeout.
+const HEALTH_WAIT: &str = "1s";
+
 pub struct CityIndex {
     client: Elasticsearch,
     alias: String,
@@ -29,7 +34,7 @@ pub struct Page {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EngineStatus {
     pub cluster_name: String,
-    /// `green` or `yellow`; `red` counts as down.
+    /// The health of the alias's index: `green` or `yellow`; `red` counts as down.
     pub cluster_status: String,
     pub alias: String,
     pub latency_ms: u64,
@@ -118,22 +123,27 @@ impl CityIndex {
         })
     }
 
-    /// Whether the engine answers and the cluster is at least yellow.
+    /// Whether the index behind the alias can serve reads: `_cluster/health/<alias>`
+    /// at least yellow. The health of that index only, so an unrelated red index
+    /// elsewhere in the cluster does not take reads out, and it needs only the
+    /// `monitor` privilege on the alias's index rather than on the cluster. An alias
+    /// that does not exist yet (no indexer has run) is down: the engine answers that
+    /// as `408` with status `red` once `HEALTH_WAIT` has passed.
     pub async fn check_engine(&self) -> Result<EngineStatus, String> {
         let started = Instant::now();
         let response = self
             .client
             .cluster()
-            .health(ClusterHealthParts::None)
+            .health(ClusterHealthParts::Index(&[&self.alias]))
+            .timeout(HEALTH_WAIT)
             .send()
             .await
             .map_err(|e| e.to_string())?;
-        let body: Value = response
-            .error_for_status_code()
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
+        let code = response.status_code();
+        if code != StatusCode::REQUEST_TIMEOUT && !code.is_success() {
+            return Err(format!("cluster health answered {code}"));
+        }
+        let body: Value = response.json().await.map_err(|e| e.to_string())?;
         let status = body["status"].as_str().unwrap_or("unknown");
         match status {
             "green" | "yellow" => Ok(EngineStatus {
@@ -142,7 +152,10 @@ impl CityIndex {
                 alias: self.alias.clone(),
                 latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             }),
-            other => Err(format!("cluster status is {other}")),
+            other => Err(format!(
+                "the index behind alias {:?} is {other}, or missing",
+                self.alias
+            )),
         }
     }
 }

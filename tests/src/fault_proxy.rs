@@ -1,5 +1,6 @@
-//! A TCP proxy that can cut the line: put it between a service and a dependency
-//! to simulate an outage without touching the dependency itself.
+//! A TCP proxy that can cut the line or freeze it: put it between a service and a
+//! dependency to simulate an outage without touching the dependency itself (other
+//! tests share it).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tokio::task::JoinSet;
 pub struct FaultProxy {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    frozen: tokio::sync::watch::Sender<bool>,
     connections: Arc<Mutex<JoinSet<()>>>,
     acceptor: tokio::task::JoinHandle<()>,
 }
@@ -25,9 +27,11 @@ impl FaultProxy {
         let addr = listener.local_addr().expect("proxy address");
         let upstream = upstream.to_owned();
         let cut = Arc::new(AtomicBool::new(false));
+        let (frozen, _) = tokio::sync::watch::channel(false);
         let connections = Arc::new(Mutex::new(JoinSet::new()));
         let acceptor = {
             let cut = cut.clone();
+            let frozen = frozen.clone();
             let connections = connections.clone();
             tokio::spawn(async move {
                 while let Ok((mut client, _)) = listener.accept().await {
@@ -38,9 +42,22 @@ impl FaultProxy {
                         continue;
                     }
                     let upstream = upstream.clone();
+                    let mut frozen = frozen.subscribe();
                     connections.lock().await.spawn(async move {
+                        if *frozen.borrow() {
+                            // Like a stopped process: the connection is accepted and
+                            // never answered.
+                            std::future::pending::<()>().await;
+                        }
                         if let Ok(mut server) = TcpStream::connect(&upstream).await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                                () = async { drop(frozen.wait_for(|f| *f).await) } => {
+                                    // Hold both ends open, forwarding nothing.
+                                    let _held = (client, server);
+                                    std::future::pending::<()>().await;
+                                }
+                            }
                         }
                     });
                 }
@@ -49,6 +66,7 @@ impl FaultProxy {
         Self {
             addr,
             cut,
+            frozen,
             connections,
             acceptor,
         }
@@ -66,6 +84,13 @@ impl FaultProxy {
 
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Stops forwarding without closing anything, as a dependency stopped with
+    /// SIGSTOP would: connections stay open and requests are never answered, new
+    /// connections are accepted and never answered either. Lasts as long as the proxy.
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
     }
 }
 

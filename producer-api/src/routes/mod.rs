@@ -86,6 +86,8 @@ pub fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(list::list_cities))
         .routes(routes!(health::livez))
         .routes(routes!(health::readyz))
+        .routes(routes!(health::readyz_writes))
+        .routes(routes!(health::readyz_reads))
         .routes(routes!(health::health))
         .routes(routes!(metrics::metrics))
         .routes(routes!(openapi::openapi_json))
@@ -241,6 +243,8 @@ mod tests {
         ("get", "/cities"),
         ("get", "/livez"),
         ("get", "/readyz"),
+        ("get", "/readyz/writes"),
+        ("get", "/readyz/reads"),
         ("get", "/health"),
         ("get", "/metrics"),
         ("get", "/openapi.json"),
@@ -298,7 +302,14 @@ mod tests {
         for (path, item) in document["paths"].as_object().unwrap() {
             for (method, operation) in item.as_object().unwrap() {
                 for (status, response) in operation["responses"].as_object().unwrap() {
-                    let is_probe = ["/livez", "/readyz", "/health"].contains(&path.as_str());
+                    let is_probe = [
+                        "/livez",
+                        "/readyz",
+                        "/readyz/writes",
+                        "/readyz/reads",
+                        "/health",
+                    ]
+                    .contains(&path.as_str());
                     if status.starts_with('2') || is_probe {
                         continue;
                     }

@@ -8,6 +8,7 @@ mod delete;
 mod get;
 mod list;
 mod operations;
+mod readiness;
 mod unavailable;
 mod upsert;
 
