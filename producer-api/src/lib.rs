@@ -19,6 +19,7 @@ mod api_keys;
 mod city_index;
 pub mod config;
 mod metrics;
+mod new_name;
 mod problem;
 mod publisher;
 mod routes;

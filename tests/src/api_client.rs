@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use reqwest::Method;
 use reqwest::header::HeaderMap;
-use reqwest::{Method, Url};
 use serde_json::{Value, json};
 
 use crate::Service;
@@ -101,13 +101,19 @@ impl ApiClient {
     }
 
     /// `/city/{name}` or `/cities/{name}` with the name as one escaped path segment.
+    /// Every byte but RFC 3986's unreserved ones is escaped: a URL parser drops a raw
+    /// tab or newline, which would send another name than the test meant.
     pub fn city_path(&self, collection: &str, name: &str) -> String {
-        let mut url = Url::parse(&self.base).expect("base url");
-        url.path_segments_mut()
-            .expect("a base url")
-            .push(collection)
-            .push(name);
-        url.to_string()
+        let segment: String = name
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    char::from(b).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        format!("{}/{collection}/{segment}", self.base.trim_end_matches('/'))
     }
 
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {

@@ -75,6 +75,7 @@ pub fn api() -> OpenApiRouter<Arc<AppState>> {
     let single_writes = OpenApiRouter::new()
         .routes(routes!(upsert::post_city))
         .routes(routes!(upsert::put_city))
+        .routes(routes!(upsert::put_city_named_bulk))
         .layer(DefaultBodyLimit::max(MAX_UPDATE_BODY_BYTES));
     let bulk_writes = OpenApiRouter::new()
         .routes(routes!(bulk::post_bulk))

@@ -7,6 +7,7 @@ mod bulk;
 mod delete;
 mod get;
 mod list;
+mod names;
 mod operations;
 mod readiness;
 mod unavailable;
