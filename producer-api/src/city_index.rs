@@ -19,6 +19,59 @@ use crate::search::{Search, SortOrder};
 /// probe must answer well within Kubernetes' probe timeout.
 const HEALTH_WAIT: &str = "1s";
 
+/// Why the index could not be read, by what the client can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// The engine is down, slow, overloaded or refuses our credentials: retrying
+    /// later may work.
+    #[error("the engine is unavailable: {0}")]
+    Unavailable(String),
+    /// The engine refused the request or answered something unreadable: a bug here
+    /// or in the data, which no retry fixes.
+    #[error("the engine's answer is unusable: {0}")]
+    Broken(String),
+}
+
+impl From<elasticsearch::Error> for IndexError {
+    fn from(error: elasticsearch::Error) -> Self {
+        match error.status_code() {
+            Some(status) => judge(status, error.to_string()),
+            // No answer at all: connection refused, reset, or timed out.
+            None => Self::Unavailable(error.to_string()),
+        }
+    }
+}
+
+/// An error status, by whether a retry may help: 401 and 403 are credentials an
+/// operator fixes, 408, 429 and 5xx pass; any other refusal is a request this
+/// service should never have sent.
+fn judge(status: StatusCode, error: String) -> IndexError {
+    match status.as_u16() {
+        401 | 403 | 408 | 429 | 500..=599 => IndexError::Unavailable(error),
+        _ => IndexError::Broken(error),
+    }
+}
+
+/// The answer's status as an error, when it is one.
+fn checked(
+    response: elasticsearch::http::response::Response,
+) -> Result<elasticsearch::http::response::Response, IndexError> {
+    let status = response.status_code();
+    if status.is_client_error() || status.is_server_error() {
+        return Err(judge(status, format!("the engine answered {status}")));
+    }
+    Ok(response)
+}
+
+/// The answer's body as `T`: a body cut off mid-way is a transient failure, a whole
+/// body that is not what was expected is broken.
+async fn decode<T: serde::de::DeserializeOwned>(
+    response: elasticsearch::http::response::Response,
+) -> Result<T, IndexError> {
+    let body = response.bytes().await?;
+    serde_json::from_slice(&body).map_err(|e| IndexError::Broken(e.to_string()))
+}
+
 pub struct CityIndex {
     client: Elasticsearch,
     alias: String,
@@ -51,7 +104,7 @@ impl CityIndex {
     /// The city's current document, soft-deleted ones included (their version
     /// matters to read-your-writes); `None` when it was never indexed. A get by id is
     /// real-time: it sees a write before the index refreshes.
-    pub async fn get(&self, key: &CityKey) -> anyhow::Result<Option<CityDocument>> {
+    pub async fn get(&self, key: &CityKey) -> Result<Option<CityDocument>, IndexError> {
         // `_source` alone: the engine writes, and this parses, only the document.
         let response = self
             .client
@@ -63,12 +116,12 @@ impl CityIndex {
         if response.status_code() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let response = response.error_for_status_code()?;
-        Ok(Some(response.json().await?))
+        let response = checked(response)?;
+        Ok(Some(decode(response).await?))
     }
 
     /// One page of live (not deleted) cities, `size` at most.
-    pub async fn search(&self, search: &Search, size: usize) -> anyhow::Result<Page> {
+    pub async fn search(&self, search: &Search, size: usize) -> Result<Page, IndexError> {
         let mut filters = Vec::new();
         if let Some(prefix) = &search.prefix {
             filters.push(json!({"prefix": {"key": prefix}}));
@@ -112,7 +165,7 @@ impl CityIndex {
         if response.status_code() == StatusCode::NOT_FOUND {
             return Ok(Page { hits: Vec::new() });
         }
-        let body: SearchResponse = response.error_for_status_code()?.json().await?;
+        let body: SearchResponse = decode(checked(response)?).await?;
         Ok(Page {
             hits: body
                 .hits

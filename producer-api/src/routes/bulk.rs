@@ -3,9 +3,8 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -15,7 +14,7 @@ use utoipa::ToSchema;
 use super::api_key::{KeyRefusals, WriteAccess};
 use super::json_body::JsonRefusals;
 use super::upsert::{CityUpdate, CityUpdateBody};
-use super::{AppState, RETRY_AFTER_SECS, json_body};
+use super::{AppState, MAX_BULK_BODY_BYTES, RETRY_AFTER_SECS, json_body};
 use crate::problem::{FieldError, Problem};
 use crate::publisher::{Accepted, PublishError};
 use crate::trace_context::TraceContext;
@@ -147,9 +146,9 @@ pub async fn post_bulk(
     State(state): State<Arc<AppState>>,
     TraceContext(trace): TraceContext,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, Problem> {
-    let body = json_body::parse(&headers, body)?;
+    let body = json_body::read(&headers, body, MAX_BULK_BODY_BYTES).await?;
     let Value::Array(items) = body else {
         return Err(Problem::invalid(
             "",

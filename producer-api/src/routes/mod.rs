@@ -27,6 +27,7 @@ use citypop_schemas::document::CityDocument;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
 use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
@@ -35,7 +36,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::api_keys::ApiKeys;
-use crate::city_index::CityIndex;
+use crate::city_index::{CityIndex, IndexError};
 use crate::metrics::Metrics;
 use crate::problem::Problem;
 use crate::publisher::{Accepted, PublishError, Publisher};
@@ -120,7 +121,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             crate::metrics::track,
-        ));
+        ))
+        // Innermost: a panic in a handler becomes a 500 problem, not a dropped
+        // connection, and the layers above log and count it like any answer.
+        .layer(CatchPanicLayer::custom(panic_problem));
     router
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -157,6 +161,18 @@ fn request_span(request: &Request<Body>) -> tracing::Span {
         request_id = header(&REQUEST_ID),
         trace_id,
     )
+}
+
+/// The answer to a request whose handler panicked: a problem that says nothing of
+/// the panic, which is logged instead.
+fn panic_problem(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = message, "a request handler panicked");
+    Problem::internal("the request failed on a bug in this service").into_response()
 }
 
 async fn unknown_route(request: Request) -> Problem {
@@ -217,9 +233,17 @@ fn publish_problem(error: &PublishError) -> Problem {
 
 /// What a client hears when the index cannot be read. The cause goes to the log
 /// only: it names internal hosts and says nothing the client can act on.
-fn index_problem(error: &anyhow::Error) -> Problem {
-    tracing::warn!(error = format!("{error:#}"), "index read failed");
-    Problem::unavailable("the search index cannot be read now", RETRY_AFTER_SECS)
+fn index_problem(error: &IndexError) -> Problem {
+    match error {
+        IndexError::Unavailable(_) => {
+            tracing::warn!(%error, "index read failed");
+            Problem::unavailable("the search index cannot be read now", RETRY_AFTER_SECS)
+        }
+        IndexError::Broken(_) => {
+            tracing::error!(%error, "index read failed for good");
+            Problem::internal("the search index answered what this service cannot use")
+        }
+    }
 }
 
 #[cfg(test)]
@@ -393,6 +417,33 @@ mod tests {
                 "{method} {path}: served {served}, documented {is_documented}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_problem() {
+        let router = Router::new()
+            .route(
+                "/boom",
+                axum::routing::get(|| async {
+                    panic!("boom");
+                    #[allow(unreachable_code)]
+                    ()
+                }),
+            )
+            .layer(CatchPanicLayer::custom(panic_problem));
+        let request = Request::builder().uri("/boom").body(Body::empty()).unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            crate::problem::CONTENT_TYPE
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["type"], "urn:citypop:problem:internal");
+        assert!(!body.to_string().contains("boom"));
     }
 
     #[tokio::test]

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use super::api_key::{KeyRefusals, WriteAccess};
 use super::json_body::JsonRefusals;
-use super::{AppState, accepted_response, json_body, publish_problem};
+use super::{AppState, MAX_UPDATE_BODY_BYTES, accepted_response, json_body, publish_problem};
 use crate::new_name;
 use crate::problem::{FieldError, Problem};
 use crate::publisher::Accepted;
@@ -144,9 +144,9 @@ pub async fn post_city(
     State(state): State<Arc<AppState>>,
     TraceContext(trace): TraceContext,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, Problem> {
-    let body = json_body::parse(&headers, body)?;
+    let body = json_body::read(&headers, body, MAX_UPDATE_BODY_BYTES).await?;
     let update = CityUpdate::try_from(&body).map_err(Problem::validation)?;
     publish(&state, &update, &trace).await
 }
@@ -175,7 +175,7 @@ pub async fn put_city(
     trace: TraceContext,
     name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, Problem> {
     let Path(name) = name.map_err(|e| Problem::bad_request(e.body_text()))?;
     put(access, &state, trace, &name, &headers, body).await
@@ -206,7 +206,7 @@ pub async fn put_city_named_bulk(
     State(state): State<Arc<AppState>>,
     trace: TraceContext,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, Problem> {
     put(access, &state, trace, "bulk", &headers, body).await
 }
@@ -217,9 +217,9 @@ async fn put(
     TraceContext(trace): TraceContext,
     name: &str,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, Problem> {
-    let body = json_body::parse(headers, body)?;
+    let body = json_body::read(headers, body, MAX_UPDATE_BODY_BYTES).await?;
     let update = CityUpdate::from_path(name, &body).map_err(Problem::validation)?;
     publish(state, &update, &trace).await
 }

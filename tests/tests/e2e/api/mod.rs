@@ -5,6 +5,7 @@
 mod api_keys;
 mod bulk;
 mod delete;
+mod errors;
 mod get;
 mod list;
 mod names;
