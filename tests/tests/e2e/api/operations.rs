@@ -3,6 +3,8 @@
 use std::time::{Duration, Instant};
 
 use citypop_tests::api_client::{ApiClient, PROBLEM_JSON};
+use citypop_tests::{Names, Readiness, Stack, spawn_producer_api_with};
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::start;
@@ -147,4 +149,26 @@ async fn sigterm_finishes_requests_in_flight_and_exits_0() {
     assert_eq!(body["current_version"], offset);
     // And it no longer accepts connections.
     assert!(reqwest::get(format!("{base}/livez")).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invented_methods_share_one_metrics_label() {
+    let stack = Stack::from_env();
+    let names = Names::unique("methods");
+    // No dependency is needed to answer an unknown method.
+    let api = spawn_producer_api_with(&stack, &names, &[], Readiness::Live).await;
+    let client = ApiClient::of(&api);
+    for i in 0..50 {
+        let method = Method::from_bytes(format!("M{i}").as_bytes()).unwrap();
+        let reply = client.send(client.request(method, "/city/paris")).await;
+        reply.assert_problem(405, "method-not-allowed");
+    }
+    let metrics = client.get("/metrics").await.text;
+    assert!(!metrics.contains(r#"method="M1""#), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"http_requests_total{method="other",route="/city/{name}",status="405"} 50"#
+        ),
+        "{metrics}"
+    );
 }
