@@ -1,6 +1,6 @@
 //! Reads from the search index alias. producer-api never writes to the engine.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use citypop_runtime::EngineArgs;
 use citypop_schemas::CityKey;
@@ -75,6 +75,7 @@ async fn decode<T: serde::de::DeserializeOwned>(
 pub struct CityIndex {
     client: Elasticsearch,
     alias: String,
+    read_timeout: Duration,
 }
 
 /// One page of a search: the documents, and the sort values of each to continue
@@ -94,17 +95,38 @@ pub struct EngineStatus {
 }
 
 impl CityIndex {
-    pub fn new(engine: &EngineArgs) -> anyhow::Result<Self> {
+    /// `read_timeout` bounds each read, answer body included.
+    pub fn new(engine: &EngineArgs, read_timeout: Duration) -> anyhow::Result<Self> {
         Ok(Self {
             client: engine.client()?,
             alias: engine.index_alias.clone(),
+            read_timeout,
         })
+    }
+
+    /// `read` within the read timeout; past it the engine counts as unavailable.
+    async fn bounded<T>(
+        &self,
+        read: impl Future<Output = Result<T, IndexError>>,
+    ) -> Result<T, IndexError> {
+        tokio::time::timeout(self.read_timeout, read)
+            .await
+            .unwrap_or_else(|_| {
+                Err(IndexError::Unavailable(format!(
+                    "no answer within {:?}",
+                    self.read_timeout
+                )))
+            })
     }
 
     /// The city's current document, soft-deleted ones included (their version
     /// matters to read-your-writes); `None` when it was never indexed. A get by id is
     /// real-time: it sees a write before the index refreshes.
     pub async fn get(&self, key: &CityKey) -> Result<Option<CityDocument>, IndexError> {
+        self.bounded(self.get_unbounded(key)).await
+    }
+
+    async fn get_unbounded(&self, key: &CityKey) -> Result<Option<CityDocument>, IndexError> {
         // `_source` alone: the engine writes, and this parses, only the document.
         let response = self
             .client
@@ -122,6 +144,10 @@ impl CityIndex {
 
     /// One page of live (not deleted) cities, `size` at most.
     pub async fn search(&self, search: &Search, size: usize) -> Result<Page, IndexError> {
+        self.bounded(self.search_unbounded(search, size)).await
+    }
+
+    async fn search_unbounded(&self, search: &Search, size: usize) -> Result<Page, IndexError> {
         let mut filters = Vec::new();
         if let Some(prefix) = &search.prefix {
             filters.push(json!({"prefix": {"key": prefix}}));

@@ -61,8 +61,15 @@ pub async fn read(
                 |e| e.source(),
             ))
             .any(|e| e.is::<http_body_util::LengthLimitError>());
+        let timed_out =
+            std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| {
+                e.source()
+            })
+            .any(|e| e.is::<tower_http::timeout::TimeoutError>());
         if over_limit {
             too_large()
+        } else if timed_out {
+            Problem::body_timeout()
         } else {
             Problem::bad_request(format!("the body could not be read: {error}"))
         }

@@ -16,10 +16,12 @@ mod query;
 mod upsert;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -27,9 +29,14 @@ use citypop_schemas::document::CityDocument;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
 use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tower::timeout::TimeoutLayer;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::map_request_body::MapRequestBodyLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -69,10 +76,30 @@ pub struct AppState {
     pub index: CityIndex,
     pub api_keys: ApiKeys,
     pub metrics: Arc<Metrics>,
+    pub limits: Limits,
 }
 
-/// Every route, as the router and as the OpenAPI document.
-pub fn api() -> OpenApiRouter<Arc<AppState>> {
+/// Bounds on what one request may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest time to receive a body; past it, 408.
+    pub body_read_timeout: Duration,
+    /// Longest time to answer a request of the API's routes; past it, 503.
+    pub request_timeout: Duration,
+    /// Requests of the API's routes served at once; past it, 503 at once.
+    pub max_concurrent_requests: usize,
+}
+
+/// Every route, as the router and as the OpenAPI document, without limits.
+#[cfg(test)]
+fn api() -> OpenApiRouter<Arc<AppState>> {
+    routes_within(None)
+}
+
+/// Every route; with `limits`, the API's routes (not the probes and metrics, which
+/// must answer under any load, or Kubernetes would restart a pod for being busy)
+/// get a concurrency limit that sheds load and a time limit.
+fn routes_within(limits: Option<Limits>) -> OpenApiRouter<Arc<AppState>> {
     let single_writes = OpenApiRouter::new()
         .routes(routes!(upsert::post_city))
         .routes(routes!(upsert::put_city))
@@ -81,24 +108,39 @@ pub fn api() -> OpenApiRouter<Arc<AppState>> {
     let bulk_writes = OpenApiRouter::new()
         .routes(routes!(bulk::post_bulk))
         .layer(DefaultBodyLimit::max(MAX_BULK_BODY_BYTES));
-    OpenApiRouter::with_openapi(openapi::base())
+    let mut served = OpenApiRouter::with_openapi(openapi::base())
         .merge(single_writes)
         .merge(bulk_writes)
         .routes(routes!(get::get_city, delete::delete_city))
         .routes(routes!(list::list_cities))
+        .routes(routes!(health::health))
+        .routes(routes!(openapi::openapi_json));
+    if let Some(limits) = limits {
+        // Outermost first: the answer to an error below; shedding when every slot is
+        // taken, rather than queueing; one pool of slots for all routes (a layer
+        // is applied to each route apart); the time limit of one request.
+        served = served.layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(limit_problem))
+                .layer(LoadShedLayer::new())
+                .layer(GlobalConcurrencyLimitLayer::new(
+                    limits.max_concurrent_requests,
+                ))
+                .layer(TimeoutLayer::new(limits.request_timeout)),
+        );
+    }
+    served
         .routes(routes!(health::livez))
         .routes(routes!(health::readyz))
         .routes(routes!(health::readyz_writes))
         .routes(routes!(health::readyz_reads))
-        .routes(routes!(health::health))
         .routes(routes!(metrics::metrics))
-        .routes(routes!(openapi::openapi_json))
         // Bodies of routes that take none are refused past this size too.
         .layer(DefaultBodyLimit::max(MAX_UPDATE_BODY_BYTES))
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let (router, document) = api().split_for_parts();
+    let (router, document) = routes_within(Some(state.limits)).split_for_parts();
     let document = openapi::Document::new(&document);
     let middleware = ServiceBuilder::new()
         // Outermost first. Marking the key header sensitive keeps it out of any
@@ -118,6 +160,10 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        // A body that stops arriving fails its read (a 408) instead of holding the
+        // request open.
+        .layer(RequestBodyTimeoutLayer::new(state.limits.body_read_timeout))
+        .layer(MapRequestBodyLayer::new(Body::new))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             crate::metrics::track,
@@ -161,6 +207,20 @@ fn request_span(request: &Request<Body>) -> tracing::Span {
         request_id = header(&REQUEST_ID),
         trace_id,
     )
+}
+
+/// The answer when a request was shed or took too long.
+async fn limit_problem(error: tower::BoxError) -> Response {
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        Problem::overloaded(RETRY_AFTER_SECS).into_response()
+    } else if error.is::<tower::timeout::error::Elapsed>() {
+        tracing::warn!("a request ran out of time");
+        Problem::unavailable("the request took too long to answer", RETRY_AFTER_SECS)
+            .into_response()
+    } else {
+        tracing::error!(%error, "a request failed in the middleware");
+        Problem::internal("the request failed on a bug in this service").into_response()
+    }
 }
 
 /// The answer to a request whose handler panicked: a problem that says nothing of
@@ -295,9 +355,14 @@ mod tests {
         Arc::new(AppState {
             publisher: Publisher::new(&kafka, Duration::from_millis(100), 10, metrics.clone())
                 .unwrap(),
-            index: CityIndex::new(&engine).unwrap(),
+            index: CityIndex::new(&engine, Duration::from_millis(200)).unwrap(),
             api_keys: ApiKeys::load(None, None).unwrap(),
             metrics,
+            limits: Limits {
+                body_read_timeout: Duration::from_secs(1),
+                request_timeout: Duration::from_secs(5),
+                max_concurrent_requests: 16,
+            },
         })
     }
 

@@ -7,6 +7,7 @@ mod bulk;
 mod delete;
 mod errors;
 mod get;
+mod limits;
 mod list;
 mod names;
 mod operations;
