@@ -72,6 +72,12 @@ pub struct Config {
     #[arg(long, env = "CITYPOP_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
 
+    /// How often the key file is read again; changed keys take effect without a
+    /// restart (a mounted Secret is updated in place). A file that cannot be read or
+    /// holds no key leaves the keys in force.
+    #[arg(long, env = "CITYPOP_API_KEYS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub api_keys_reload_interval: Duration,
+
     #[command(flatten)]
     pub kafka: KafkaArgs,
 

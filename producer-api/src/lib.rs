@@ -57,10 +57,13 @@ impl Application {
     /// Binds the listener and creates the clients; Kafka and the engine need not be
     /// up yet (readiness reports them).
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let api_keys =
-            api_keys::ApiKeys::load(config.api_keys.as_ref(), config.api_keys_file.as_deref())?;
-        if api_keys.required() {
-            tracing::info!(keys = api_keys.len(), "writes need an api key");
+        let api_keys = Arc::new(api_keys::WriteKeys::load(
+            config.api_keys.as_ref(),
+            config.api_keys_file.as_deref(),
+        )?);
+        api_keys.reload_every(config.api_keys_reload_interval);
+        if api_keys.current().required() {
+            tracing::info!(keys = api_keys.current().len(), "writes need an api key");
         } else {
             tracing::warn!(
                 "no api keys configured: writes are open to anyone who can reach the api"

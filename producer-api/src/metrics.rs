@@ -72,6 +72,7 @@ pub struct Metrics {
     http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     publish_duration: Histogram,
     publish_failures: Family<ReasonLabels, Counter>,
+    api_key_refusals: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -88,6 +89,7 @@ impl Metrics {
             http_duration: Family::new_with_constructor(latency_buckets),
             publish_duration: latency_buckets(),
             publish_failures: Family::default(),
+            api_key_refusals: Family::default(),
         };
         // Counters get their `_total` suffix from the encoder.
         metrics.registry.register(
@@ -120,7 +122,25 @@ impl Metrics {
             "Events Kafka did not acknowledge, by reason: queue_full, timeout, kafka_error, encode",
             metrics.publish_failures.clone(),
         );
+        for reason in ["missing", "wrong"] {
+            drop(
+                metrics
+                    .api_key_refusals
+                    .get_or_create(&ReasonLabels { reason }),
+            );
+        }
+        metrics.registry.register(
+            "citypop_api_key_refusals",
+            "Writes refused for their API key, by reason: missing, wrong",
+            metrics.api_key_refusals.clone(),
+        );
         metrics
+    }
+
+    pub fn api_key_refused(&self, reason: &'static str) {
+        self.api_key_refusals
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn registry(&self) -> &Registry {

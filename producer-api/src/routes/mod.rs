@@ -42,7 +42,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api_keys::ApiKeys;
+use crate::api_keys::WriteKeys;
 use crate::city_index::{CityIndex, IndexError};
 use crate::metrics::Metrics;
 use crate::problem::Problem;
@@ -74,7 +74,7 @@ const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 pub struct AppState {
     pub publisher: Publisher,
     pub index: CityIndex,
-    pub api_keys: ApiKeys,
+    pub api_keys: Arc<WriteKeys>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
 }
@@ -356,7 +356,7 @@ mod tests {
             publisher: Publisher::new(&kafka, Duration::from_millis(100), 10, metrics.clone())
                 .unwrap(),
             index: CityIndex::new(&engine, Duration::from_millis(200)).unwrap(),
-            api_keys: ApiKeys::load(None, None).unwrap(),
+            api_keys: Arc::new(WriteKeys::load(None, None).unwrap()),
             metrics,
             limits: Limits {
                 body_read_timeout: Duration::from_secs(1),

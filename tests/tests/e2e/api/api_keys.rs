@@ -1,5 +1,7 @@
 //! API keys on every write route.
 
+use std::time::{Duration, Instant};
+
 use citypop_tests::api_client::ApiClient;
 use citypop_tests::{Names, Readiness, Stack, binary_path, spawn_indexer, spawn_producer_api_with};
 use reqwest::Method;
@@ -93,12 +95,12 @@ async fn api_keys_guard_writes_and_never_show() {
         .await;
     unauthenticated.assert_problem(401, "missing-api-key");
 
-    // Reads stay open.
-    assert_eq!(
-        client.get_city("Oslo", "").await.status,
-        404,
-        "deleted last"
-    );
+    // Reads stay open. The delete came last; the index shows it shortly after.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.get_city("Oslo", "").await.status != 404 {
+        assert!(Instant::now() < deadline, "the delete never showed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for path in [
         "/cities",
         "/health",
@@ -130,4 +132,69 @@ async fn api_keys_guard_writes_and_never_show() {
         assert!(!help.contains(secret), "a key shows in --help: {help}");
     }
     std::fs::remove_file(&key_file).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_file_takes_effect_without_a_restart() {
+    let stack = Stack::from_env();
+    let names = Names::unique("rotate");
+    let _indexer = spawn_indexer(&stack, &names).await;
+    // A mounted Secret: the file is a symlink, and an update swaps the symlink.
+    let dir = std::env::temp_dir().join(format!("{}-secret", names.topic));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("v1"), "old-key-5e1d\n").unwrap();
+    std::os::unix::fs::symlink(dir.join("v1"), dir.join("keys")).unwrap();
+    let api = spawn_producer_api_with(
+        &stack,
+        &names,
+        &[
+            (
+                "CITYPOP_API_KEYS_FILE",
+                dir.join("keys").display().to_string(),
+            ),
+            ("CITYPOP_API_KEYS_RELOAD_INTERVAL", "1s".into()),
+        ],
+        Readiness::Ready,
+    )
+    .await;
+    let client = ApiClient::of(&api);
+    let write = |key: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .send(
+                    client
+                        .request(Method::POST, "/city")
+                        .header("x-api-key", key)
+                        .json(&json!({"name": "Bergen", "population": 1})),
+                )
+                .await
+                .status
+        }
+    };
+    assert_eq!(write("old-key-5e1d").await, 202);
+    assert_eq!(write("new-key-9a7c").await, 403);
+
+    std::fs::write(dir.join("v2"), "new-key-9a7c\n").unwrap();
+    std::os::unix::fs::symlink(dir.join("v2"), dir.join("keys.next")).unwrap();
+    std::fs::rename(dir.join("keys.next"), dir.join("keys")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while write("new-key-9a7c").await != 202 {
+        assert!(Instant::now() < deadline, "the new key never took effect");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(write("old-key-5e1d").await, 403);
+
+    // Refusals are counted, and logged at most once a while, not once each.
+    for _ in 0..20 {
+        assert_eq!(write("guessed-key").await, 403);
+    }
+    assert!(
+        api.metric(r#"citypop_api_key_refusals_total{reason="wrong"}"#)
+            .await
+            >= 22.0
+    );
+    let logged = api.log().matches("wrong api key").count();
+    assert!((1..=2).contains(&logged), "logged {logged} times");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
