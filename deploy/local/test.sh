@@ -42,6 +42,12 @@ for engine in $engines; do
   export ELASTICSEARCH_URL="http://127.0.0.1:${CITYPOP_ENGINE_PORT:-9200}"
   echo "==> end-to-end tests against Kafka at $KAFKA_BOOTSTRAP_SERVERS and $engine at $ELASTICSEARCH_URL"
   cargo test -p citypop-tests --locked --test e2e -- --test-threads="${CITYPOP_TEST_THREADS:-4}" 2>&1 | tee -a "$results"
+  if [[ -z "${fuzzed:-}" ]]; then
+    # schemathesis against producer-api's OpenAPI document (installs itself).
+    echo "==> fuzzing producer-api from its OpenAPI document against $engine"
+    deploy/local/fuzz.sh
+    fuzzed=yes
+  fi
   if [[ -z "${bench_smoked:-}" ]]; then
     # Keeps the benchmark tool working; a smoke run's numbers mean nothing.
     echo "==> benchmark smoke run against $engine"

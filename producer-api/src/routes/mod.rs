@@ -5,6 +5,7 @@
 
 mod api_key;
 pub mod bulk;
+mod constraints;
 mod delete;
 mod get;
 mod health;
