@@ -20,7 +20,7 @@ use crate::search::{Search, SortOrder};
 const HEALTH_WAIT: &str = "1s";
 
 /// Why the index could not be read, by what the client can do about it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum IndexError {
     /// The engine is down, slow, overloaded or refuses our credentials: retrying
     /// later may work.

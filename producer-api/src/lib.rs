@@ -25,6 +25,7 @@ mod publisher;
 mod routes;
 mod search;
 mod trace_context;
+mod version_wait;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -77,7 +78,11 @@ impl Application {
                 config.producer_queue_messages,
                 metrics.clone(),
             )?,
-            index: city_index::CityIndex::new(&config.engine, config.engine_read_timeout)?,
+            index: Arc::new(city_index::CityIndex::new(
+                &config.engine,
+                config.engine_read_timeout,
+            )?),
+            version_waits: Arc::default(),
             limits: routes::Limits {
                 body_read_timeout: config.body_read_timeout,
                 request_timeout: config.request_timeout,

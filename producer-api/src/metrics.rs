@@ -73,6 +73,7 @@ pub struct Metrics {
     publish_duration: Histogram,
     publish_failures: Family<ReasonLabels, Counter>,
     api_key_refusals: Family<ReasonLabels, Counter>,
+    read_your_writes_polls: Counter,
 }
 
 impl Default for Metrics {
@@ -90,6 +91,7 @@ impl Metrics {
             publish_duration: latency_buckets(),
             publish_failures: Family::default(),
             api_key_refusals: Family::default(),
+            read_your_writes_polls: Counter::default(),
         };
         // Counters get their `_total` suffix from the encoder.
         metrics.registry.register(
@@ -134,7 +136,16 @@ impl Metrics {
             "Writes refused for their API key, by reason: missing, wrong",
             metrics.api_key_refusals.clone(),
         );
+        metrics.registry.register(
+            "citypop_read_your_writes_polls",
+            "Engine reads of read-your-writes waits; waiters for one city share them",
+            metrics.read_your_writes_polls.clone(),
+        );
         metrics
+    }
+
+    pub fn read_your_writes_polled(&self) {
+        self.read_your_writes_polls.inc();
     }
 
     pub fn api_key_refused(&self, reason: &'static str) {

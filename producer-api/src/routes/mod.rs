@@ -49,6 +49,7 @@ use crate::metrics::Metrics;
 use crate::problem::Problem;
 use crate::publisher::{Accepted, PublishError, Publisher};
 use crate::trace_context::{self, TraceContext};
+use crate::version_wait::VersionWaits;
 
 /// The largest single-update body accepted: a name of 200 characters fits many
 /// times over; anything larger is not a city update.
@@ -74,7 +75,8 @@ const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 
 pub struct AppState {
     pub publisher: Publisher,
-    pub index: CityIndex,
+    pub index: Arc<CityIndex>,
+    pub version_waits: Arc<VersionWaits>,
     pub api_keys: Arc<WriteKeys>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
@@ -356,7 +358,8 @@ mod tests {
         Arc::new(AppState {
             publisher: Publisher::new(&kafka, Duration::from_millis(100), 10, metrics.clone())
                 .unwrap(),
-            index: CityIndex::new(&engine, Duration::from_millis(200)).unwrap(),
+            index: Arc::new(CityIndex::new(&engine, Duration::from_millis(200)).unwrap()),
+            version_waits: Arc::default(),
             api_keys: Arc::new(WriteKeys::load(None, None).unwrap()),
             metrics,
             limits: Limits {

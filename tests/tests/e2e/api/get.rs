@@ -61,3 +61,36 @@ async fn read_your_writes_returns_the_value_just_written() {
         assert_eq!(reply.assert_problem(422, "validation"), [field], "{query}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_for_one_city_share_one_poll_loop() {
+    let (_stack, _names, _indexer, api) = start("sharedwait").await;
+    let client = ApiClient::of(&api);
+    let (_, _, offset) = client.post_city("Porto", 231_962).await.assert_accepted();
+    assert_eq!(client.read_version("porto", offset).await.status, 200);
+    let before = api.metric("citypop_read_your_writes_polls_total").await;
+
+    // Twenty clients wait two seconds for a version that never comes.
+    let waiters: Vec<_> = (0..20)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .get_city(
+                        "porto",
+                        &format!("?min_version={}&wait_ms=2000", offset + 1000),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for waiter in waiters {
+        let reply = waiter.await.unwrap();
+        reply.assert_problem(409, "version-not-reached");
+        assert_eq!(reply.body["current_version"], offset);
+    }
+    // One loop polls about every 250 ms: a few dozen reads at most, where twenty
+    // loops of their own would have made hundreds.
+    let polls = api.metric("citypop_read_your_writes_polls_total").await - before;
+    assert!((1.0..=40.0).contains(&polls), "{polls} polls");
+}
