@@ -46,14 +46,16 @@ pub struct Config {
     #[arg(long, env = "CITYPOP_ENGINE_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub engine_read_timeout: Duration,
 
-    /// Longest time to answer any request, from its headers to its answer; past it
-    /// the answer is 503. Above the longest read-your-writes wait (10 s) plus
-    /// CITYPOP_ENGINE_READ_TIMEOUT, so it only ends what is stuck.
+    /// Longest time to answer a request of the API's routes (not the probes nor
+    /// `/metrics`), from its headers to its answer; past it the answer is 503. Above
+    /// the longest read-your-writes wait (10 s) plus CITYPOP_ENGINE_READ_TIMEOUT, so it
+    /// only ends what is stuck.
     #[arg(long, env = "CITYPOP_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
-    /// Requests served at once; past it, requests are refused at once with 503 and
-    /// `Retry-After` (load shedding) rather than queued.
+    /// Requests of the API's routes served at once; past it, requests are refused at
+    /// once with 503 and `Retry-After` (load shedding) rather than queued. Probes and
+    /// `/metrics` are never refused, so a busy pod is not restarted.
     #[arg(
         long,
         env = "CITYPOP_MAX_CONCURRENT_REQUESTS",
