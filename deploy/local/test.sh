@@ -70,6 +70,12 @@ for pass in "${passes[@]}"; do
   echo "==> end-to-end tests, $label: $ELASTICSEARCH_URL, Kafka at $KAFKA_BOOTSTRAP_SERVERS"
   cargo test -p citypop-tests --locked --test e2e -- --test-threads="${CITYPOP_TEST_THREADS:-4}" "${filter[@]}" 2>&1 |
     tee -a "$results" | tee >(grep '^test result:' | sed "s/^/$label: /" >>"$timings")
+  if [[ -z "${fuzzed:-}" && $scope == full ]]; then
+    # schemathesis against producer-api's OpenAPI document (installs itself).
+    echo "==> fuzzing producer-api from its OpenAPI document against $label"
+    deploy/local/fuzz.sh
+    fuzzed=yes
+  fi
   if [[ -z "${bench_smoked:-}" ]]; then
     # Keeps the benchmark tool working; a smoke run's numbers mean nothing.
     echo "==> benchmark smoke run against $label"

@@ -4,7 +4,9 @@
 //! as a count, and only SHA-256 digests are kept after start-up.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
@@ -113,6 +115,143 @@ impl ApiKeys {
             .iter()
             .fold(Choice::from(0), |acc, key| acc | key.ct_eq(&presented));
         matched.into()
+    }
+}
+
+/// How often refused writes are reported in the log at most: a client guessing keys
+/// must not be able to flood the log, one line per attempt.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The keys in force, re-read from the key file when it changes, so a rotated
+/// Secret takes effect without a restart.
+pub struct WriteKeys {
+    current: RwLock<Arc<ApiKeys>>,
+    list: Option<ApiKeyList>,
+    file: Option<PathBuf>,
+    refusals: Mutex<Refusals>,
+}
+
+/// Refusals not yet reported in the log.
+struct Refusals {
+    missing: u64,
+    wrong: u64,
+    last_report: Option<Instant>,
+}
+
+/// Why a write was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Missing,
+    Wrong,
+}
+
+impl Refusal {
+    /// The `reason` label of `citypop_api_key_refusals_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Wrong => "wrong",
+        }
+    }
+}
+
+impl WriteKeys {
+    pub fn load(list: Option<&ApiKeyList>, file: Option<&Path>) -> anyhow::Result<Self> {
+        let keys = ApiKeys::load(list, file)?;
+        Ok(Self {
+            current: RwLock::new(Arc::new(keys)),
+            list: list.cloned(),
+            file: file.map(Path::to_path_buf),
+            refusals: Mutex::new(Refusals {
+                missing: 0,
+                wrong: 0,
+                last_report: None,
+            }),
+        })
+    }
+
+    /// The keys in force now.
+    pub fn current(&self) -> Arc<ApiKeys> {
+        // A poisoned lock still holds a whole `Arc`: the writer only swaps it.
+        self.current.read().map_or_else(
+            |poisoned| poisoned.into_inner().clone(),
+            |keys| keys.clone(),
+        )
+    }
+
+    /// Reads the key file again and puts its keys in force when they changed. A file
+    /// that cannot be read or holds no valid key leaves the keys in force: a Secret
+    /// caught half-way through an update must not open writes or lock everyone out.
+    pub fn reload(&self) {
+        if self.file.is_none() {
+            return;
+        }
+        let keys = match ApiKeys::load(self.list.as_ref(), self.file.as_deref()) {
+            Ok(keys) => keys,
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "api keys not reloaded; the keys in force stay"
+                );
+                return;
+            }
+        };
+        if keys.digests == self.current().digests {
+            return;
+        }
+        tracing::info!(keys = keys.len(), "api keys reloaded");
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        *current = Arc::new(keys);
+    }
+
+    /// Re-reads the key file every `interval`, for as long as the process runs.
+    /// Polling rather than file events: a Kubernetes Secret is updated by swapping a
+    /// symlink, which inotify on the file itself does not see.
+    pub fn reload_every(self: &Arc<Self>, interval: Duration) {
+        if self.file.is_none() {
+            return;
+        }
+        let keys = Arc::downgrade(self);
+        tokio::spawn(async move {
+            // A zero interval would make `interval` panic; a tenth of a second is as
+            // eager as anyone needs.
+            let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(100)));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let Some(keys) = keys.upgrade() else { return };
+                // File reads block; keep them off the async workers.
+                let reloaded = tokio::task::spawn_blocking(move || keys.reload()).await;
+                if let Err(error) = reloaded {
+                    tracing::error!(%error, "reloading api keys failed");
+                }
+            }
+        });
+    }
+
+    /// Notes a refused write; the log hears of refusals at most once per
+    /// [`REFUSAL_LOG_INTERVAL`], with how many there were.
+    pub fn refused(&self, refusal: Refusal) {
+        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        match refusal {
+            Refusal::Missing => refusals.missing += 1,
+            Refusal::Wrong => refusals.wrong += 1,
+        }
+        let due = refusals
+            .last_report
+            .is_none_or(|last| last.elapsed() >= REFUSAL_LOG_INTERVAL);
+        if due {
+            // Neither a key nor a hint of one goes to the log: only counts.
+            tracing::info!(
+                missing = refusals.missing,
+                wrong = refusals.wrong,
+                "writes refused for a missing or wrong api key since the last report"
+            );
+            refusals.missing = 0;
+            refusals.wrong = 0;
+            refusals.last_report = Some(Instant::now());
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Reads from the search index alias. producer-api never writes to the engine.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use citypop_runtime::EngineArgs;
 use citypop_schemas::CityKey;
@@ -14,9 +14,68 @@ use utoipa::ToSchema;
 
 use crate::search::{Search, SortOrder};
 
+/// How long the engine may wait for the alias's index to become yellow before it
+/// answers a health request: a missing index makes it wait the whole time, and a
+/// probe must answer well within Kubernetes' probe timeout.
+const HEALTH_WAIT: &str = "1s";
+
+/// Why the index could not be read, by what the client can do about it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IndexError {
+    /// The engine is down, slow, overloaded or refuses our credentials: retrying
+    /// later may work.
+    #[error("the engine is unavailable: {0}")]
+    Unavailable(String),
+    /// The engine refused the request or answered something unreadable: a bug here
+    /// or in the data, which no retry fixes.
+    #[error("the engine's answer is unusable: {0}")]
+    Broken(String),
+}
+
+impl From<elasticsearch::Error> for IndexError {
+    fn from(error: elasticsearch::Error) -> Self {
+        match error.status_code() {
+            Some(status) => judge(status, error.to_string()),
+            // No answer at all: connection refused, reset, or timed out.
+            None => Self::Unavailable(error.to_string()),
+        }
+    }
+}
+
+/// An error status, by whether a retry may help: 401 and 403 are credentials an
+/// operator fixes, 408, 429 and 5xx pass; any other refusal is a request this
+/// service should never have sent.
+fn judge(status: StatusCode, error: String) -> IndexError {
+    match status.as_u16() {
+        401 | 403 | 408 | 429 | 500..=599 => IndexError::Unavailable(error),
+        _ => IndexError::Broken(error),
+    }
+}
+
+/// The answer's status as an error, when it is one.
+fn checked(
+    response: elasticsearch::http::response::Response,
+) -> Result<elasticsearch::http::response::Response, IndexError> {
+    let status = response.status_code();
+    if status.is_client_error() || status.is_server_error() {
+        return Err(judge(status, format!("the engine answered {status}")));
+    }
+    Ok(response)
+}
+
+/// The answer's body as `T`: a body cut off mid-way is a transient failure, a whole
+/// body that is not what was expected is broken.
+async fn decode<T: serde::de::DeserializeOwned>(
+    response: elasticsearch::http::response::Response,
+) -> Result<T, IndexError> {
+    let body = response.bytes().await?;
+    serde_json::from_slice(&body).map_err(|e| IndexError::Broken(e.to_string()))
+}
+
 pub struct CityIndex {
     client: Elasticsearch,
     alias: String,
+    read_timeout: Duration,
 }
 
 /// One page of a search: the documents, and the sort values of each to continue
@@ -29,24 +88,45 @@ pub struct Page {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EngineStatus {
     pub cluster_name: String,
-    /// `green` or `yellow`; `red` counts as down.
+    /// The health of the alias's index: `green` or `yellow`; `red` counts as down.
     pub cluster_status: String,
     pub alias: String,
     pub latency_ms: u64,
 }
 
 impl CityIndex {
-    pub fn new(engine: &EngineArgs) -> anyhow::Result<Self> {
+    /// `read_timeout` bounds each read, answer body included.
+    pub fn new(engine: &EngineArgs, read_timeout: Duration) -> anyhow::Result<Self> {
         Ok(Self {
             client: engine.client()?,
             alias: engine.index_alias.clone(),
+            read_timeout,
         })
+    }
+
+    /// `read` within the read timeout; past it the engine counts as unavailable.
+    async fn bounded<T>(
+        &self,
+        read: impl Future<Output = Result<T, IndexError>>,
+    ) -> Result<T, IndexError> {
+        tokio::time::timeout(self.read_timeout, read)
+            .await
+            .unwrap_or_else(|_| {
+                Err(IndexError::Unavailable(format!(
+                    "no answer within {:?}",
+                    self.read_timeout
+                )))
+            })
     }
 
     /// The city's current document, soft-deleted ones included (their version
     /// matters to read-your-writes); `None` when it was never indexed. A get by id is
     /// real-time: it sees a write before the index refreshes.
-    pub async fn get(&self, key: &CityKey) -> anyhow::Result<Option<CityDocument>> {
+    pub async fn get(&self, key: &CityKey) -> Result<Option<CityDocument>, IndexError> {
+        self.bounded(self.get_unbounded(key)).await
+    }
+
+    async fn get_unbounded(&self, key: &CityKey) -> Result<Option<CityDocument>, IndexError> {
         // `_source` alone: the engine writes, and this parses, only the document.
         let response = self
             .client
@@ -58,12 +138,16 @@ impl CityIndex {
         if response.status_code() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let response = response.error_for_status_code()?;
-        Ok(Some(response.json().await?))
+        let response = checked(response)?;
+        Ok(Some(decode(response).await?))
     }
 
     /// One page of live (not deleted) cities, `size` at most.
-    pub async fn search(&self, search: &Search, size: usize) -> anyhow::Result<Page> {
+    pub async fn search(&self, search: &Search, size: usize) -> Result<Page, IndexError> {
+        self.bounded(self.search_unbounded(search, size)).await
+    }
+
+    async fn search_unbounded(&self, search: &Search, size: usize) -> Result<Page, IndexError> {
         let mut filters = Vec::new();
         if let Some(prefix) = &search.prefix {
             filters.push(json!({"prefix": {"key": prefix}}));
@@ -107,7 +191,7 @@ impl CityIndex {
         if response.status_code() == StatusCode::NOT_FOUND {
             return Ok(Page { hits: Vec::new() });
         }
-        let body: SearchResponse = response.error_for_status_code()?.json().await?;
+        let body: SearchResponse = decode(checked(response)?).await?;
         Ok(Page {
             hits: body
                 .hits
@@ -118,22 +202,27 @@ impl CityIndex {
         })
     }
 
-    /// Whether the engine answers and the cluster is at least yellow.
+    /// Whether the index behind the alias can serve reads: `_cluster/health/<alias>`
+    /// at least yellow. The health of that index only, so an unrelated red index
+    /// elsewhere in the cluster does not take reads out, and it needs only the
+    /// `monitor` privilege on the alias's index rather than on the cluster. An alias
+    /// that does not exist yet (no indexer has run) is down: the engine answers that
+    /// as `408` with status `red` once `HEALTH_WAIT` has passed.
     pub async fn check_engine(&self) -> Result<EngineStatus, String> {
         let started = Instant::now();
         let response = self
             .client
             .cluster()
-            .health(ClusterHealthParts::None)
+            .health(ClusterHealthParts::Index(&[&self.alias]))
+            .timeout(HEALTH_WAIT)
             .send()
             .await
             .map_err(|e| e.to_string())?;
-        let body: Value = response
-            .error_for_status_code()
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
+        let code = response.status_code();
+        if code != StatusCode::REQUEST_TIMEOUT && !code.is_success() {
+            return Err(format!("cluster health answered {code}"));
+        }
+        let body: Value = response.json().await.map_err(|e| e.to_string())?;
         let status = body["status"].as_str().unwrap_or("unknown");
         match status {
             "green" | "yellow" => Ok(EngineStatus {
@@ -142,7 +231,10 @@ impl CityIndex {
                 alias: self.alias.clone(),
                 latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             }),
-            other => Err(format!("cluster status is {other}")),
+            other => Err(format!(
+                "the index behind alias {:?} is {other}, or missing",
+                self.alias
+            )),
         }
     }
 }

@@ -29,6 +29,41 @@ pub struct Config {
     )]
     pub producer_queue_messages: u32,
 
+    /// Longest time a client may take to send a request's headers; past it the
+    /// connection is closed. Slow clients cannot hold connections open for free.
+    #[arg(long, env = "CITYPOP_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Longest time a client may take to send a request's body; past it the answer
+    /// is 408.
+    #[arg(long, env = "CITYPOP_BODY_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub body_read_timeout: Duration,
+
+    /// Longest wait for one engine call of the read path (`GET /city/{name}`, `GET
+    /// /cities`) before a 503; shorter than the client-wide
+    /// CITYPOP_ELASTICSEARCH_TIMEOUT, so a hung engine does not hold readers. A
+    /// read-your-writes wait takes at most `wait_ms` plus this.
+    #[arg(long, env = "CITYPOP_ENGINE_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub engine_read_timeout: Duration,
+
+    /// Longest time to answer a request of the API's routes (not the probes nor
+    /// `/metrics`), from its headers to its answer; past it the answer is 503. Above
+    /// the longest read-your-writes wait (10 s) plus CITYPOP_ENGINE_READ_TIMEOUT, so it
+    /// only ends what is stuck.
+    #[arg(long, env = "CITYPOP_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Requests of the API's routes served at once; past it, requests are refused at
+    /// once with 503 and `Retry-After` (load shedding) rather than queued. Probes and
+    /// `/metrics` are never refused, so a busy pod is not restarted.
+    #[arg(
+        long,
+        env = "CITYPOP_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_concurrent_requests: u32,
+
     /// API keys that writes must present in `X-API-Key`, comma-separated. With no key
     /// here nor in the key file, writes are open. Reads are always open.
     #[arg(long, env = "CITYPOP_API_KEYS", hide_env_values = true, value_parser = ApiKeyList::parse)]
@@ -38,6 +73,12 @@ pub struct Config {
     /// such as a mounted Kubernetes Secret.
     #[arg(long, env = "CITYPOP_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
+
+    /// How often the key file is read again; changed keys take effect without a
+    /// restart (a mounted Secret is updated in place). A file that cannot be read or
+    /// holds no key leaves the keys in force.
+    #[arg(long, env = "CITYPOP_API_KEYS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub api_keys_reload_interval: Duration,
 
     #[command(flatten)]
     pub kafka: KafkaArgs,

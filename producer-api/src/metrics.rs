@@ -21,9 +21,31 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 /// one of them.
 pub const PUBLISH_FAILURE_REASONS: [&str; 4] = ["queue_full", "timeout", "kafka_error", "encode"];
 
+/// The `method` label of a request whose method is none of HTTP's own: a client
+/// may send any token as a method, and each would otherwise be a new time series.
+pub const OTHER_METHOD: &str = "other";
+
+/// The `method` label: one of HTTP's methods (RFC 9110, and PATCH), else
+/// [`OTHER_METHOD`]. With routes bounded by the router's templates and statuses by
+/// what this service answers, every label has a known, small set of values.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "CONNECT" => "CONNECT",
+        _ => OTHER_METHOD,
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    method: String,
+    method: &'static str,
     route: String,
     status: u16,
 }
@@ -50,6 +72,8 @@ pub struct Metrics {
     http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     publish_duration: Histogram,
     publish_failures: Family<ReasonLabels, Counter>,
+    api_key_refusals: Family<ReasonLabels, Counter>,
+    read_your_writes_polls: Counter,
 }
 
 impl Default for Metrics {
@@ -66,6 +90,8 @@ impl Metrics {
             http_duration: Family::new_with_constructor(latency_buckets),
             publish_duration: latency_buckets(),
             publish_failures: Family::default(),
+            api_key_refusals: Family::default(),
+            read_your_writes_polls: Counter::default(),
         };
         // Counters get their `_total` suffix from the encoder.
         metrics.registry.register(
@@ -98,7 +124,34 @@ impl Metrics {
             "Events Kafka did not acknowledge, by reason: queue_full, timeout, kafka_error, encode",
             metrics.publish_failures.clone(),
         );
+        for reason in ["missing", "wrong"] {
+            drop(
+                metrics
+                    .api_key_refusals
+                    .get_or_create(&ReasonLabels { reason }),
+            );
+        }
+        metrics.registry.register(
+            "citypop_api_key_refusals",
+            "Writes refused for their API key, by reason: missing, wrong",
+            metrics.api_key_refusals.clone(),
+        );
+        metrics.registry.register(
+            "citypop_read_your_writes_polls",
+            "Engine reads of read-your-writes waits; waiters for one city share them",
+            metrics.read_your_writes_polls.clone(),
+        );
         metrics
+    }
+
+    pub fn read_your_writes_polled(&self) {
+        self.read_your_writes_polls.inc();
+    }
+
+    pub fn api_key_refused(&self, reason: &'static str) {
+        self.api_key_refusals
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn registry(&self) -> &Registry {
@@ -115,10 +168,10 @@ impl Metrics {
             .inc();
     }
 
-    fn request_answered(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    fn request_answered(&self, method: &'static str, route: &str, status: u16, seconds: f64) {
         self.http_requests
             .get_or_create(&RequestLabels {
-                method: method.to_owned(),
+                method,
                 route: route.to_owned(),
                 status,
             })
@@ -135,14 +188,14 @@ impl Metrics {
 /// (`/city/{name}`, not `/city/paris`).
 pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or(UNMATCHED_ROUTE.to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
     metrics.request_answered(
-        &method,
+        method,
         &route,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),

@@ -244,6 +244,28 @@ impl Problem {
         problem
     }
 
+    /// Every slot for requests is taken: the client should come back shortly.
+    pub fn overloaded(retry_after_secs: u64) -> Self {
+        let mut problem = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "urn:citypop:problem:overloaded",
+            "Overloaded",
+            "the service is answering as many requests as it may at once",
+        );
+        problem.retry_after_secs = Some(retry_after_secs);
+        problem
+    }
+
+    /// The body did not arrive in time.
+    pub fn body_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "urn:citypop:problem:body-timeout",
+            "Request body timeout",
+            "the request body did not arrive in time",
+        )
+    }
+
     pub fn internal(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

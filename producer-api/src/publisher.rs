@@ -275,6 +275,12 @@ pub struct Pending<'a> {
 }
 
 impl Pending<'_> {
+    /// Whether the producer refused the event at once (its queue is full, or it
+    /// could not be encoded): it will never be acknowledged.
+    pub fn refused(&self) -> bool {
+        self.delivery.is_err()
+    }
+
     /// Resolves once Kafka acknowledged the event, or with why it did not.
     pub async fn acknowledged(self) -> Result<Accepted, PublishError> {
         let metrics = &self.publisher.metrics;

@@ -8,6 +8,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use citypop_schemas::{CityKey, Population};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -42,18 +43,37 @@ impl SortOrder {
             .map(|(_, order)| *order)
     }
 
-    /// Whether `values` are search_after values of this order: the engine would
-    /// refuse anything else with an error the client cannot act on.
+    /// Whether `values` are search_after values of this order, each one a value a
+    /// city can have: the engine would refuse anything else, or answer a page of
+    /// nothing, and a client could not tell why.
     fn fits(self, values: &[Value]) -> bool {
         match (self, values) {
-            (Self::Name, [key]) => key.is_string(),
+            (Self::Name, [key]) => is_key(key),
             (Self::Population | Self::PopulationDesc, [population, key]) => {
-                population.is_i64() && key.is_string()
+                population
+                    .as_i64()
+                    .is_some_and(|p| Population::new(p).is_ok())
+                    && is_key(key)
             }
             _ => false,
         }
     }
 }
+
+/// Whether `value` is a city key exactly as the index holds it.
+fn is_key(value: &Value) -> bool {
+    value.as_str().is_some_and(is_normalised_key)
+}
+
+/// Whether `text` is its own city key: normalised, and within the key's limits.
+fn is_normalised_key(text: &str) -> bool {
+    CityKey::parse(text).is_ok_and(|key| key.as_str() == text)
+}
+
+/// The longest cursor this API issues: a prefix and a position of at most
+/// `MAX_KEY_BYTES` each, in JSON, in base64, with room to spare. Anything longer
+/// was not issued here, and is refused before it is decoded.
+pub const MAX_CURSOR_CHARS: usize = 4096;
 
 /// What to list, and from where.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -90,13 +110,26 @@ impl Search {
     }
 
     /// The listing a cursor continues.
+    ///
+    /// A cursor is opaque to clients but not trusted: every field is checked as the
+    /// query parameters it stands for would be, so a crafted one is a 422 rather than
+    /// an engine error.
     pub fn from_cursor(cursor: &str) -> Result<Self, BadCursor> {
+        if cursor.len() > MAX_CURSOR_CHARS {
+            return Err(BadCursor);
+        }
         let json = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| BadCursor)?;
         let search: Self = serde_json::from_slice(&json).map_err(|_| BadCursor)?;
-        match &search.after {
-            Some(after) if search.sort.fits(after) => Ok(search),
-            _ => Err(BadCursor),
-        }
+        let population_ok = |p: Option<i64>| p.is_none_or(|p| Population::new(p).is_ok());
+        let valid = search.after.as_ref().is_some_and(|a| search.sort.fits(a))
+            && search.prefix.as_deref().is_none_or(is_normalised_key)
+            && population_ok(search.min_population)
+            && population_ok(search.max_population)
+            && match (search.min_population, search.max_population) {
+                (Some(min), Some(max)) => min <= max,
+                _ => true,
+            };
+        if valid { Ok(search) } else { Err(BadCursor) }
     }
 }
 

@@ -1,7 +1,8 @@
 //! A TCP proxy that can cut the line: put it between a service and a dependency
 //! to simulate an outage without touching the dependency itself. It can also watch
 //! for one HTTP request (by a piece of its request line, e.g. `POST /_aliases`) and
-//! act on it, to fail a program at one exact step.
+//! act on it, to fail a program at one exact step. And it can freeze, as a
+//! dependency stopped with SIGSTOP would.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +37,8 @@ struct Watch {
 
 struct Shared {
     cut: AtomicBool,
+    /// True once frozen: connections stay open and nothing is forwarded.
+    frozen: tokio::sync::watch::Sender<bool>,
     connections: Mutex<JoinSet<()>>,
     watch: std::sync::Mutex<Option<Watch>>,
 }
@@ -76,6 +79,7 @@ impl FaultProxy {
         let upstream = upstream.to_owned();
         let shared = Arc::new(Shared {
             cut: AtomicBool::new(false),
+            frozen: tokio::sync::watch::channel(false).0,
             connections: Mutex::new(JoinSet::new()),
             watch: std::sync::Mutex::new(None),
         });
@@ -92,8 +96,23 @@ impl FaultProxy {
                     let upstream = upstream.clone();
                     let connection_shared = shared.clone();
                     shared.connections.lock().await.spawn(async move {
+                        let mut frozen = connection_shared.frozen.subscribe();
+                        if *frozen.borrow() {
+                            // Like a stopped process: the connection is accepted and
+                            // never answered (`client` stays open while this waits).
+                            std::future::pending::<()>().await;
+                        }
                         if let Ok(server) = TcpStream::connect(&upstream).await {
-                            forward(client, server, &connection_shared).await;
+                            let forwarding = forward(client, server, &connection_shared);
+                            tokio::pin!(forwarding);
+                            tokio::select! {
+                                () = &mut forwarding => {}
+                                () = async { drop(frozen.wait_for(|f| *f).await) } => {
+                                    // Hold both ends open (inside the unpolled
+                                    // forwarding), passing nothing on.
+                                    std::future::pending::<()>().await;
+                                }
+                            }
                         }
                     });
                 }
@@ -117,6 +136,13 @@ impl FaultProxy {
 
     pub fn restore(&self) {
         self.shared.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Stops forwarding without closing anything, as a dependency stopped with
+    /// SIGSTOP would: connections stay open and requests are never answered, new
+    /// connections are accepted and never answered either. Lasts as long as the proxy.
+    pub fn freeze(&self) {
+        self.shared.frozen.send_replace(true);
     }
 
     /// Watches for the first request whose bytes contain `needle` and acts on it;

@@ -5,6 +5,7 @@
 //! Endpoints come from `KAFKA_BOOTSTRAP_SERVERS` and `ELASTICSEARCH_URL`. When they
 //! are unset or unreachable the tests fail and say how to start the stack.
 
+pub mod api_client;
 pub mod engine;
 pub mod fault_proxy;
 pub mod interop;
@@ -234,7 +235,7 @@ fn binary(name: &str) -> PathBuf {
 async fn spawn(
     name: &'static str,
     envs: &[(&str, String)],
-    health_url: String,
+    health_urls: Vec<String>,
     base_url: String,
 ) -> Service {
     let mut command = Command::new(binary(name));
@@ -265,7 +266,9 @@ async fn spawn(
         base_url,
         log_path,
     };
-    wait_ready(&mut service, &health_url).await;
+    for url in &health_urls {
+        wait_ready(&mut service, url).await;
+    }
     service
 }
 
@@ -298,18 +301,23 @@ pub async fn spawn_indexer(stack: &Stack, names: &Names) -> Service {
 /// What a spawned service must show before the test goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Readiness {
-    /// `/readyz` answers 200.
+    /// `/readyz` answers 200; for producer-api, both `/readyz/writes` and
+    /// `/readyz/reads` (its `/readyz` needs only one of them).
     Ready,
     /// `/livez` answers 200: the process serves, its dependencies may not.
     Live,
 }
 
 impl Readiness {
-    /// The path that answers 200 once this readiness is reached.
-    fn probe(self) -> &'static str {
+    /// The URLs that answer 200 once this readiness is reached.
+    fn probes(self, base_url: &str, halves: &[&str]) -> Vec<String> {
         match self {
-            Self::Ready => "readyz",
-            Self::Live => "livez",
+            Self::Ready if halves.is_empty() => vec![format!("{base_url}/readyz")],
+            Self::Ready => halves
+                .iter()
+                .map(|half| format!("{base_url}/readyz/{half}"))
+                .collect(),
+            Self::Live => vec![format!("{base_url}/livez")],
         }
     }
 }
@@ -402,13 +410,7 @@ pub async fn spawn_indexer_with(
     let mut envs = indexer_env(stack, names);
     envs.push(("CITYPOP_HEALTH_LISTEN", format!("127.0.0.1:{port}")));
     envs.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
-    spawn(
-        "indexer",
-        &envs,
-        format!("{base_url}/{}", wait_for.probe()),
-        base_url,
-    )
-    .await
+    spawn("indexer", &envs, wait_for.probes(&base_url, &[]), base_url).await
 }
 
 /// Starts a producer-api for `names` and waits until it is ready (which needs the
@@ -439,7 +441,7 @@ pub async fn spawn_producer_api_with(
     spawn(
         "producer-api",
         &envs,
-        format!("{base_url}/{}", wait_for.probe()),
+        wait_for.probes(&base_url, &["writes", "reads"]),
         base_url,
     )
     .await

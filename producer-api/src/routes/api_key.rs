@@ -6,6 +6,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
 use super::AppState;
+use crate::api_keys::Refusal;
 use crate::problem::Problem;
 
 pub const HEADER: &str = "x-api-key";
@@ -41,18 +42,23 @@ impl FromRequestParts<Arc<AppState>> for WriteAccess {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        if !state.api_keys.required() {
+        let keys = state.api_keys.current();
+        if !keys.required() {
             return Ok(Self);
         }
+        let refused = |refusal: Refusal| {
+            state.metrics.api_key_refused(refusal.reason());
+            state.api_keys.refused(refusal);
+        };
         // An empty header is as good as none: 401, which tells the client what to add.
         let Some(presented) = parts.headers.get(HEADER).filter(|v| !v.is_empty()) else {
+            refused(Refusal::Missing);
             return Err(Problem::missing_api_key());
         };
-        if state.api_keys.accepts(presented.as_bytes()) {
+        if keys.accepts(presented.as_bytes()) {
             Ok(Self)
         } else {
-            // Neither the key nor a hint of it goes to the log.
-            tracing::info!("write refused: wrong api key");
+            refused(Refusal::Wrong);
             Err(Problem::wrong_api_key())
         }
     }

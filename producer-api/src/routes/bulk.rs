@@ -1,13 +1,14 @@
 //! `POST /cities/bulk`: many upserts in one request, each judged on its own.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use citypop_schemas::CityKey;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -15,7 +16,7 @@ use utoipa::ToSchema;
 use super::api_key::{KeyRefusals, WriteAccess};
 use super::json_body::JsonRefusals;
 use super::upsert::{CityUpdate, CityUpdateBody};
-use super::{AppState, RETRY_AFTER_SECS, json_body};
+use super::{AppState, MAX_BULK_BODY_BYTES, RETRY_AFTER_SECS, json_body};
 use crate::problem::{FieldError, Problem};
 use crate::publisher::{Accepted, PublishError};
 use crate::trace_context::TraceContext;
@@ -109,6 +110,65 @@ impl ItemResult {
     }
 }
 
+/// An item of a bulk request, once handed to the producer or not.
+#[derive(Debug)]
+enum HandedOver<P> {
+    Invalid(Vec<FieldError>),
+    /// Not sent: the item at this index, for the same city, was refused first.
+    HeldBack(usize),
+    Sent(P),
+}
+
+/// Hands the valid updates to `send` in request order. Once the producer refuses
+/// one city's item at once (its queue is full), that city's later items are held
+/// back: were one of them accepted, the client's retry of the refused item would
+/// overwrite it with older data.
+fn hand_over<P>(
+    updates: Vec<Result<CityUpdate, Vec<FieldError>>>,
+    mut send: impl FnMut(&CityUpdate) -> P,
+    refused: impl Fn(&P) -> bool,
+) -> Vec<HandedOver<P>> {
+    let mut first_refused: HashMap<CityKey, usize> = HashMap::new();
+    updates
+        .into_iter()
+        .enumerate()
+        .map(|(index, update)| match update {
+            Err(errors) => HandedOver::Invalid(errors),
+            Ok(update) => {
+                let key = update.name.key();
+                if let Some(first) = first_refused.get(&key) {
+                    return HandedOver::HeldBack(*first);
+                }
+                let pending = send(&update);
+                if refused(&pending) {
+                    first_refused.insert(key, index);
+                }
+                HandedOver::Sent(pending)
+            }
+        })
+        .collect()
+}
+
+impl ItemResult {
+    /// An item not sent because an earlier item for its city failed.
+    fn held_back(index: usize, first: usize) -> Self {
+        Self {
+            index,
+            result: Outcome::Failed,
+            status: StatusCode::SERVICE_UNAVAILABLE.as_u16(),
+            event_id: None,
+            key: None,
+            partition: None,
+            offset: None,
+            errors: Vec::new(),
+            detail: Some(format!(
+                "not sent: item {first} for the same city failed first, and a retry of it \
+                 must not overwrite this one; send both again, in order"
+            )),
+        }
+    }
+}
+
 /// The answer to a bulk request of which at least one item was accepted.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BulkResponse {
@@ -147,9 +207,9 @@ pub async fn post_bulk(
     State(state): State<Arc<AppState>>,
     TraceContext(trace): TraceContext,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, Problem> {
-    let body = json_body::parse(&headers, body)?;
+    let body = json_body::read(&headers, body, MAX_BULK_BODY_BYTES).await?;
     let Value::Array(items) = body else {
         return Err(Problem::invalid(
             "",
@@ -172,20 +232,21 @@ pub async fn post_bulk(
     // Every valid item is handed to the producer now, in request order, before any
     // acknowledgement is awaited: the producer batches them, and one city's items
     // keep their order on its partition.
-    let pending: Vec<_> = items
-        .iter()
-        .map(|item| {
-            CityUpdate::try_from(item).map(|update| {
-                state
-                    .publisher
-                    .update(&update.name, update.population, &trace)
-            })
-        })
-        .collect();
-    let judged = futures::future::join_all(pending.into_iter().map(|item| async move {
+    let updates = items.iter().map(CityUpdate::try_from).collect();
+    let handed = hand_over(
+        updates,
+        |update| {
+            state
+                .publisher
+                .update(&update.name, update.population, &trace)
+        },
+        |pending| pending.refused(),
+    );
+    let judged = futures::future::join_all(handed.into_iter().map(|item| async move {
         match item {
-            Ok(pending) => Ok(pending.acknowledged().await),
-            Err(errors) => Err(errors),
+            HandedOver::Sent(pending) => Ok(pending.acknowledged().await),
+            HandedOver::HeldBack(first) => Err(Err(first)),
+            HandedOver::Invalid(errors) => Err(Ok(errors)),
         }
     }))
     .await;
@@ -194,7 +255,8 @@ pub async fn post_bulk(
     let mut transient_failure = None;
     for (index, item) in judged.into_iter().enumerate() {
         results.push(match item {
-            Err(errors) => ItemResult::rejected(index, errors),
+            Err(Ok(errors)) => ItemResult::rejected(index, errors),
+            Err(Err(first)) => ItemResult::held_back(index, first),
             Ok(Ok(accepted)) => ItemResult::accepted(index, accepted),
             Ok(Err(error)) => {
                 if error.is_transient() && transient_failure.is_none() {
@@ -249,4 +311,55 @@ pub async fn post_bulk(
         })
         .collect();
     Err(Problem::validation(errors).with_items(results))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn after_a_city_fails_its_later_items_are_held_back() {
+        let updates = [
+            json!({"name": "Paris", "population": 1}),
+            json!({"name": "Lyon", "population": 2}),
+            json!({"name": "x", "population": -1}),
+            json!({"name": " PARIS ", "population": 3}),
+            json!({"name": "Nice", "population": 4}),
+            json!({"name": "paris", "population": 5}),
+        ]
+        .iter()
+        .map(CityUpdate::try_from)
+        .collect();
+        // The queue refuses the first item only, as a full queue that drains would.
+        let mut calls = 0;
+        let handed = hand_over(
+            updates,
+            |update| {
+                calls += 1;
+                (update.population.get(), calls > 1)
+            },
+            |(_, accepted)| !accepted,
+        );
+        let shown: Vec<String> = handed
+            .iter()
+            .map(|item| match item {
+                HandedOver::Invalid(_) => "invalid".to_owned(),
+                HandedOver::HeldBack(first) => format!("held back after {first}"),
+                HandedOver::Sent((population, accepted)) => format!("sent {population} {accepted}"),
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "sent 1 false",
+                "sent 2 true",
+                "invalid",
+                "held back after 0",
+                "sent 4 true",
+                "held back after 0",
+            ]
+        );
+        assert_eq!(calls, 3, "held-back items never reach the producer");
+    }
 }

@@ -8,22 +8,17 @@ use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use citypop_schemas::CityKey;
+use citypop_schemas::document::CityDocument;
 use tokio::time::Instant;
 use utoipa::IntoParams;
 
-use super::query::{Pairs, Params};
+use super::query::{Params, RawQuery};
 use super::{AppState, CityView, index_problem};
 use crate::problem::Problem;
 
 /// The longest read-your-writes wait: long enough for the indexer's batching and a
 /// retry or two, short enough that a waiting request never looks hung.
 pub const MAX_WAIT_MS: u64 = 10_000;
-
-/// The first pause between two reads while waiting; pauses double up to
-/// [`MAX_POLL_INTERVAL`], so a fresh write is seen within milliseconds and a long
-/// wait costs few reads.
-const FIRST_POLL_INTERVAL: Duration = Duration::from_millis(20);
-const MAX_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Read-your-writes parameters.
 #[derive(Debug, Default, IntoParams)]
@@ -40,7 +35,7 @@ pub struct ReadQuery {
 }
 
 impl ReadQuery {
-    fn parse(query: Pairs) -> Result<Self, Problem> {
+    fn parse(query: RawQuery) -> Result<Self, Problem> {
         let mut params = Params::new(query, &["min_version", "wait_ms"])?;
         let min_version =
             params.integer("min_version", "an integer of 0 or more", |v: &i64| *v >= 0);
@@ -87,42 +82,64 @@ impl ReadQuery {
 pub async fn get_city(
     State(state): State<Arc<AppState>>,
     name: Result<Path<String>, PathRejection>,
-    query: Pairs,
+    query: RawQuery,
 ) -> Result<Json<CityView>, Problem> {
     let Path(name) = name.map_err(|e| Problem::bad_request(e.body_text()))?;
     let key = CityKey::parse(&name).map_err(|e| Problem::invalid("name", e))?;
     let query = ReadQuery::parse(query)?;
     let started = Instant::now();
-    let deadline = started + Duration::from_millis(query.wait_ms.unwrap_or(0));
-    let mut pause = FIRST_POLL_INTERVAL;
-    loop {
+    let Some(min_version) = query.min_version else {
         let document = state.index.get(&key).await.map_err(|e| index_problem(&e))?;
-        let reached = match (query.min_version, &document) {
-            (None, _) => true,
-            (Some(min), Some(doc)) => doc.version >= min,
-            (Some(_), None) => false,
+        return answer(&key, document);
+    };
+    let deadline = started + Duration::from_millis(query.wait_ms.unwrap_or(0));
+    let mut seen = state
+        .version_waits
+        .watch(&key, &state.index, &state.metrics);
+    loop {
+        let last = seen.borrow_and_update().clone();
+        if let Some(read) = last {
+            let document = read.map_err(|e| index_problem(&e))?;
+            if document
+                .as_ref()
+                .is_some_and(|doc| doc.version >= min_version)
+            {
+                return answer(&key, document);
+            }
+            if Instant::now() >= deadline {
+                let current = document.filter(|doc| !doc.deleted).map(|doc| doc.version);
+                let waited = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                return Err(Problem::version_not_reached(
+                    key.as_str(),
+                    min_version,
+                    current,
+                    waited,
+                ));
+            }
+        }
+        // The loop's next read, or the deadline: whichever comes first. Without a
+        // first read yet, the wait goes on past the deadline until it comes (the
+        // engine read timeout bounds it), so there is something to answer with.
+        let read_once = seen.borrow().is_some();
+        let next = seen.changed();
+        let changed = if read_once {
+            tokio::time::timeout_at(deadline, next)
+                .await
+                .unwrap_or(Ok(()))
+        } else {
+            next.await
         };
-        if reached {
-            return match document.filter(|doc| !doc.deleted) {
-                Some(doc) => Ok(Json(CityView::from(doc))),
-                None => Err(Problem::not_found(format!("no city with key {key:?}"))),
-            };
+        if changed.is_err() {
+            return Err(Problem::internal("the read-your-writes poll loop ended"));
         }
-        let now = Instant::now();
-        if now >= deadline {
-            let current = document.filter(|doc| !doc.deleted).map(|doc| doc.version);
-            let waited = u64::try_from((now - started).as_millis()).unwrap_or(u64::MAX);
-            // `reached` is false only with a min_version.
-            let min_version = query.min_version.unwrap_or_default();
-            return Err(Problem::version_not_reached(
-                key.as_str(),
-                min_version,
-                current,
-                waited,
-            ));
-        }
-        tokio::time::sleep(pause.min(deadline - now)).await;
-        pause = (pause * 2).min(MAX_POLL_INTERVAL);
+    }
+}
+
+/// The answer to a read once the wanted version (if any) is reached.
+fn answer(key: &CityKey, document: Option<CityDocument>) -> Result<Json<CityView>, Problem> {
+    match document.filter(|doc| !doc.deleted) {
+        Some(doc) => Ok(Json(CityView::from(doc))),
+        None => Err(Problem::not_found(format!("no city with key {key:?}"))),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Liveness, readiness, and the detailed health report.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -60,24 +61,29 @@ pub struct Check<T> {
     /// What was seen, when up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<T>,
-    /// Why it is down.
+    /// What is down, in words that name no host or user (the log has the cause).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
-impl<T> From<Result<T, String>> for Check<T> {
-    fn from(result: Result<T, String>) -> Self {
+impl<T> Check<T> {
+    /// The check's answer for a report. A raw error may name hosts, URLs or user
+    /// names, so it goes to the log only; the report says what is down.
+    fn judged(dependency: &'static str, result: Result<T, String>, summary: &str) -> Self {
         match result {
             Ok(detail) => Self {
                 status: "up",
                 detail: Some(detail),
                 error: None,
             },
-            Err(error) => Self {
-                status: "down",
-                detail: None,
-                error: Some(error),
-            },
+            Err(error) => {
+                tracing::warn!(dependency, error, "dependency check failed");
+                Self {
+                    status: "down",
+                    detail: None,
+                    error: Some(format!("{summary}; the service's log says why")),
+                }
+            }
         }
     }
 }
@@ -94,7 +100,7 @@ pub struct Checks {
     pub elasticsearch: Check<EngineStatus>,
 }
 
-/// Readiness: whether both dependencies answer.
+/// Readiness, of the whole API or of one half of it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
     /// `ready` or `not ready`.
@@ -102,34 +108,102 @@ pub struct Readiness {
     pub checks: Checks,
 }
 
-/// Both dependencies, checked at once.
+/// The longest one dependency check may take. Past it the dependency counts as down,
+/// so a hung engine or broker makes a probe say so in time, rather than a probe that
+/// Kubernetes times out and counts against the half that works.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Both dependencies, checked at once, each within [`CHECK_TIMEOUT`].
 async fn checks(state: &AppState) -> Checks {
-    let (kafka, engine) = tokio::join!(state.publisher.check_kafka(), state.index.check_engine());
+    let (kafka, engine) = tokio::join!(
+        bounded(state.publisher.check_kafka()),
+        bounded(state.index.check_engine())
+    );
     Checks {
-        kafka: kafka.into(),
-        elasticsearch: engine.into(),
+        kafka: Check::judged("kafka", kafka, "kafka does not answer, or lacks the topic"),
+        elasticsearch: Check::judged(
+            "elasticsearch",
+            engine,
+            "the index behind the alias cannot be read",
+        ),
     }
 }
 
-/// Ready when Kafka answers and has the topic, and the search engine answers with a
-/// yellow or green cluster.
-#[utoipa::path(
-    get,
-    path = "/readyz",
-    tag = "operations",
-    responses(
-        (status = 200, description = "Kafka and the engine answer", body = Readiness),
-        (status = 503, description = "Kafka or the engine does not answer; `checks` says which", body = Readiness),
-    )
-)]
-pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Readiness>) {
-    let checks = checks(&state).await;
-    let ready = checks.kafka.is_up() && checks.elasticsearch.is_up();
+async fn bounded<T>(check: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    tokio::time::timeout(CHECK_TIMEOUT, check)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {CHECK_TIMEOUT:?}")))
+}
+
+/// Which half of the API a readiness probe asks about.
+#[derive(Debug, Clone, Copy)]
+enum Half {
+    /// Either half: the pod serves something.
+    Any,
+    Writes,
+    Reads,
+}
+
+async fn readiness(state: &AppState, half: Half) -> (StatusCode, Json<Readiness>) {
+    let checks = checks(state).await;
+    let (writes, reads) = (checks.kafka.is_up(), checks.elasticsearch.is_up());
+    let ready = match half {
+        Half::Any => writes || reads,
+        Half::Writes => writes,
+        Half::Reads => reads,
+    };
     let body = Readiness {
         status: if ready { "ready" } else { "not ready" },
         checks,
     };
     (status_code(ready), Json(body))
+}
+
+/// Ready while either half of the API can serve: writes need Kafka (with the topic),
+/// reads need the index behind the alias (at least yellow). One dependency down never
+/// takes the other half out of the load balancer; each route answers 503 with
+/// `Retry-After` for its own dependency.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Kafka or the engine answers; `checks` says which", body = Readiness),
+        (status = 503, description = "Neither Kafka nor the engine answers", body = Readiness),
+    )
+)]
+pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Readiness>) {
+    readiness(&state, Half::Any).await
+}
+
+/// Ready to serve writes: Kafka answers and has the topic. The probe of pods that
+/// only take writes.
+#[utoipa::path(
+    get,
+    path = "/readyz/writes",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Kafka answers and has the topic", body = Readiness),
+        (status = 503, description = "Kafka does not answer, or lacks the topic", body = Readiness),
+    )
+)]
+pub async fn readyz_writes(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Readiness>) {
+    readiness(&state, Half::Writes).await
+}
+
+/// Ready to serve reads: the index behind the alias is at least yellow. The probe of
+/// pods that only take reads.
+#[utoipa::path(
+    get,
+    path = "/readyz/reads",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The index behind the alias is green or yellow", body = Readiness),
+        (status = 503, description = "The engine does not answer, or the index is red or missing", body = Readiness),
+    )
+)]
+pub async fn readyz_reads(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Readiness>) {
+    readiness(&state, Half::Reads).await
 }
 
 /// The detailed health report. `status` and `elasticsearch` keep the keys and values

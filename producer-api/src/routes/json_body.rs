@@ -1,8 +1,7 @@
 //! Turning a request body into JSON, with a precise problem for each way it fails.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::body::Body;
+use axum::http::{HeaderMap, header};
 
 use crate::problem::Problem;
 
@@ -26,11 +25,14 @@ pub enum JsonRefusals {
     NotJson(Problem),
 }
 
-/// The body as a JSON value: 415 for a non-JSON content type, 413 past the body
-/// limit, 400 for malformed JSON.
-pub fn parse(
+/// The body as a JSON value: 415 for a non-JSON content type, 413 past `limit`
+/// bytes, 400 for malformed JSON or a body that breaks off. The content type and a
+/// declared `Content-Length` are judged before any of the body is read, so a client
+/// learns at once, and the server buffers nothing it would refuse.
+pub async fn read(
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
+    limit: usize,
 ) -> Result<serde_json::Value, Problem> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -42,9 +44,35 @@ pub fn parse(
             content_type
         )));
     }
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => Problem::payload_too_large(rejection.body_text()),
-        _ => Problem::bad_request(rejection.body_text()),
+    let too_large = || Problem::payload_too_large(format!("the body is over {limit} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    let body = axum::body::to_bytes(body, limit).await.map_err(|error| {
+        // `to_bytes` reports the limit as a `LengthLimitError` somewhere in the chain.
+        let over_limit = std::error::Error::source(&error)
+            .into_iter()
+            .chain(std::iter::successors(
+                std::error::Error::source(&error),
+                |e| e.source(),
+            ))
+            .any(|e| e.is::<http_body_util::LengthLimitError>());
+        let timed_out =
+            std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| {
+                e.source()
+            })
+            .any(|e| e.is::<tower_http::timeout::TimeoutError>());
+        if over_limit {
+            too_large()
+        } else if timed_out {
+            Problem::body_timeout()
+        } else {
+            Problem::bad_request(format!("the body could not be read: {error}"))
+        }
     })?;
     serde_json::from_slice(&body).map_err(|e| Problem::malformed_json(e.to_string()))
 }

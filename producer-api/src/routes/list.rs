@@ -8,7 +8,7 @@ use citypop_schemas::{CityKey, Population};
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
-use super::query::{Pairs, Params};
+use super::query::{Params, RawQuery};
 use super::{AppState, CityView, index_problem};
 use crate::problem::{FieldError, Problem};
 use crate::search::{Search, SortOrder};
@@ -51,7 +51,7 @@ pub struct CityList {
 }
 
 /// The listing a query string asks for, and its page size.
-fn parse(query: Pairs) -> Result<(Search, usize), Problem> {
+fn parse(query: RawQuery) -> Result<(Search, usize), Problem> {
     let mut params = Params::new(
         query,
         &[
@@ -159,7 +159,7 @@ fn parse(query: Pairs) -> Result<(Search, usize), Problem> {
 )]
 pub async fn list_cities(
     State(state): State<Arc<AppState>>,
-    query: Pairs,
+    query: RawQuery,
 ) -> Result<Json<CityList>, Problem> {
     let (search, limit) = parse(query)?;
     // One more than asked tells whether another page exists, so the last page says

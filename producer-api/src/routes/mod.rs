@@ -5,6 +5,7 @@
 
 mod api_key;
 pub mod bulk;
+mod constraints;
 mod delete;
 mod get;
 mod health;
@@ -16,10 +17,12 @@ mod query;
 mod upsert;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -27,19 +30,26 @@ use citypop_schemas::document::CityDocument;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
 use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tower::timeout::TimeoutLayer;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::map_request_body::MapRequestBodyLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api_keys::ApiKeys;
-use crate::city_index::CityIndex;
+use crate::api_keys::WriteKeys;
+use crate::city_index::{CityIndex, IndexError};
 use crate::metrics::Metrics;
 use crate::problem::Problem;
 use crate::publisher::{Accepted, PublishError, Publisher};
 use crate::trace_context::{self, TraceContext};
+use crate::version_wait::VersionWaits;
 
 /// The largest single-update body accepted: a name of 200 characters fits many
 /// times over; anything larger is not a city update.
@@ -65,36 +75,75 @@ const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 
 pub struct AppState {
     pub publisher: Publisher,
-    pub index: CityIndex,
-    pub api_keys: ApiKeys,
+    pub index: Arc<CityIndex>,
+    pub version_waits: Arc<VersionWaits>,
+    pub api_keys: Arc<WriteKeys>,
     pub metrics: Arc<Metrics>,
+    pub limits: Limits,
 }
 
-/// Every route, as the router and as the OpenAPI document.
-pub fn api() -> OpenApiRouter<Arc<AppState>> {
+/// Bounds on what one request may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest time to receive a body; past it, 408.
+    pub body_read_timeout: Duration,
+    /// Longest time to answer a request of the API's routes; past it, 503.
+    pub request_timeout: Duration,
+    /// Requests of the API's routes served at once; past it, 503 at once.
+    pub max_concurrent_requests: usize,
+}
+
+/// Every route, as the router and as the OpenAPI document, without limits.
+#[cfg(test)]
+fn api() -> OpenApiRouter<Arc<AppState>> {
+    routes_within(None)
+}
+
+/// Every route; with `limits`, the API's routes (not the probes and metrics, which
+/// must answer under any load, or Kubernetes would restart a pod for being busy)
+/// get a concurrency limit that sheds load and a time limit.
+fn routes_within(limits: Option<Limits>) -> OpenApiRouter<Arc<AppState>> {
     let single_writes = OpenApiRouter::new()
         .routes(routes!(upsert::post_city))
         .routes(routes!(upsert::put_city))
+        .routes(routes!(upsert::put_city_named_bulk))
         .layer(DefaultBodyLimit::max(MAX_UPDATE_BODY_BYTES));
     let bulk_writes = OpenApiRouter::new()
         .routes(routes!(bulk::post_bulk))
         .layer(DefaultBodyLimit::max(MAX_BULK_BODY_BYTES));
-    OpenApiRouter::with_openapi(openapi::base())
+    let mut served = OpenApiRouter::with_openapi(openapi::base())
         .merge(single_writes)
         .merge(bulk_writes)
         .routes(routes!(get::get_city, delete::delete_city))
         .routes(routes!(list::list_cities))
+        .routes(routes!(health::health))
+        .routes(routes!(openapi::openapi_json));
+    if let Some(limits) = limits {
+        // Outermost first: the answer to an error below; shedding when every slot is
+        // taken, rather than queueing; one pool of slots for all routes (a layer
+        // is applied to each route apart); the time limit of one request.
+        served = served.layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(limit_problem))
+                .layer(LoadShedLayer::new())
+                .layer(GlobalConcurrencyLimitLayer::new(
+                    limits.max_concurrent_requests,
+                ))
+                .layer(TimeoutLayer::new(limits.request_timeout)),
+        );
+    }
+    served
         .routes(routes!(health::livez))
         .routes(routes!(health::readyz))
-        .routes(routes!(health::health))
+        .routes(routes!(health::readyz_writes))
+        .routes(routes!(health::readyz_reads))
         .routes(routes!(metrics::metrics))
-        .routes(routes!(openapi::openapi_json))
         // Bodies of routes that take none are refused past this size too.
         .layer(DefaultBodyLimit::max(MAX_UPDATE_BODY_BYTES))
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let (router, document) = api().split_for_parts();
+    let (router, document) = routes_within(Some(state.limits)).split_for_parts();
     let document = openapi::Document::new(&document);
     let middleware = ServiceBuilder::new()
         // Outermost first. Marking the key header sensitive keeps it out of any
@@ -114,10 +163,17 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        // A body that stops arriving fails its read (a 408) instead of holding the
+        // request open.
+        .layer(RequestBodyTimeoutLayer::new(state.limits.body_read_timeout))
+        .layer(MapRequestBodyLayer::new(Body::new))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             crate::metrics::track,
-        ));
+        ))
+        // Innermost: a panic in a handler becomes a 500 problem, not a dropped
+        // connection, and the layers above log and count it like any answer.
+        .layer(CatchPanicLayer::custom(panic_problem));
     router
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -154,6 +210,32 @@ fn request_span(request: &Request<Body>) -> tracing::Span {
         request_id = header(&REQUEST_ID),
         trace_id,
     )
+}
+
+/// The answer when a request was shed or took too long.
+async fn limit_problem(error: tower::BoxError) -> Response {
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        Problem::overloaded(RETRY_AFTER_SECS).into_response()
+    } else if error.is::<tower::timeout::error::Elapsed>() {
+        tracing::warn!("a request ran out of time");
+        Problem::unavailable("the request took too long to answer", RETRY_AFTER_SECS)
+            .into_response()
+    } else {
+        tracing::error!(%error, "a request failed in the middleware");
+        Problem::internal("the request failed on a bug in this service").into_response()
+    }
+}
+
+/// The answer to a request whose handler panicked: a problem that says nothing of
+/// the panic, which is logged instead.
+fn panic_problem(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = message, "a request handler panicked");
+    Problem::internal("the request failed on a bug in this service").into_response()
 }
 
 async fn unknown_route(request: Request) -> Problem {
@@ -214,9 +296,17 @@ fn publish_problem(error: &PublishError) -> Problem {
 
 /// What a client hears when the index cannot be read. The cause goes to the log
 /// only: it names internal hosts and says nothing the client can act on.
-fn index_problem(error: &anyhow::Error) -> Problem {
-    tracing::warn!(error = format!("{error:#}"), "index read failed");
-    Problem::unavailable("the search index cannot be read now", RETRY_AFTER_SECS)
+fn index_problem(error: &IndexError) -> Problem {
+    match error {
+        IndexError::Unavailable(_) => {
+            tracing::warn!(%error, "index read failed");
+            Problem::unavailable("the search index cannot be read now", RETRY_AFTER_SECS)
+        }
+        IndexError::Broken(_) => {
+            tracing::error!(%error, "index read failed for good");
+            Problem::internal("the search index answered what this service cannot use")
+        }
+    }
 }
 
 #[cfg(test)]
@@ -241,6 +331,8 @@ mod tests {
         ("get", "/cities"),
         ("get", "/livez"),
         ("get", "/readyz"),
+        ("get", "/readyz/writes"),
+        ("get", "/readyz/reads"),
         ("get", "/health"),
         ("get", "/metrics"),
         ("get", "/openapi.json"),
@@ -267,9 +359,15 @@ mod tests {
         Arc::new(AppState {
             publisher: Publisher::new(&kafka, Duration::from_millis(100), 10, metrics.clone())
                 .unwrap(),
-            index: CityIndex::new(&engine).unwrap(),
-            api_keys: ApiKeys::load(None, None).unwrap(),
+            index: Arc::new(CityIndex::new(&engine, Duration::from_millis(200)).unwrap()),
+            version_waits: Arc::default(),
+            api_keys: Arc::new(WriteKeys::load(None, None).unwrap()),
             metrics,
+            limits: Limits {
+                body_read_timeout: Duration::from_secs(1),
+                request_timeout: Duration::from_secs(5),
+                max_concurrent_requests: 16,
+            },
         })
     }
 
@@ -299,7 +397,14 @@ mod tests {
         for (path, item) in document["paths"].as_object().unwrap() {
             for (method, operation) in item.as_object().unwrap() {
                 for (status, response) in operation["responses"].as_object().unwrap() {
-                    let is_probe = ["/livez", "/readyz", "/health"].contains(&path.as_str());
+                    let is_probe = [
+                        "/livez",
+                        "/readyz",
+                        "/readyz/writes",
+                        "/readyz/reads",
+                        "/health",
+                    ]
+                    .contains(&path.as_str());
                     if status.starts_with('2') || is_probe {
                         continue;
                     }
@@ -382,6 +487,33 @@ mod tests {
                 "{method} {path}: served {served}, documented {is_documented}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_problem() {
+        let router = Router::new()
+            .route(
+                "/boom",
+                axum::routing::get(|| async {
+                    panic!("boom");
+                    #[allow(unreachable_code)]
+                    ()
+                }),
+            )
+            .layer(CatchPanicLayer::custom(panic_problem));
+        let request = Request::builder().uri("/boom").body(Body::empty()).unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            crate::problem::CONTENT_TYPE
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["type"], "urn:citypop:problem:internal");
+        assert!(!body.to_string().contains("boom"));
     }
 
     #[tokio::test]

@@ -56,7 +56,11 @@ pub struct Document(Arc<String>);
 impl Document {
     pub fn new(openapi: &OpenApi) -> Self {
         // The document is built from types that always serialise.
-        Self(Arc::new(openapi.to_pretty_json().unwrap_or_default()))
+        let mut document = serde_json::to_value(openapi).unwrap_or_default();
+        super::constraints::state(&mut document);
+        Self(Arc::new(
+            serde_json::to_string_pretty(&document).unwrap_or_default(),
+        ))
     }
 }
 

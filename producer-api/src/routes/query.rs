@@ -18,10 +18,10 @@ pub struct Params {
 }
 
 /// The query string as the extractor gives it.
-pub type Pairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
+pub type RawQuery = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
 impl Params {
-    pub fn new(query: Pairs, known: &[&str]) -> Result<Self, Problem> {
+    pub fn new(query: RawQuery, known: &[&str]) -> Result<Self, Problem> {
         let Query(pairs) =
             query.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
         let mut values = HashMap::new();

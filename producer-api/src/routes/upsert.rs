@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -15,7 +15,8 @@ use utoipa::ToSchema;
 
 use super::api_key::{KeyRefusals, WriteAccess};
 use super::json_body::JsonRefusals;
-use super::{AppState, accepted_response, json_body, publish_problem};
+use super::{AppState, MAX_UPDATE_BODY_BYTES, accepted_response, json_body, publish_problem};
+use crate::new_name;
 use crate::problem::{FieldError, Problem};
 use crate::publisher::Accepted;
 use crate::trace_context::TraceContext;
@@ -26,7 +27,8 @@ use crate::trace_context::TraceContext;
 #[allow(dead_code)] // documents the body; parsing goes through `CityUpdate`
 pub struct CityUpdateBody {
     /// 1–200 characters after NFC normalisation and trimming, no control
-    /// characters; its key is at most 512 bytes of UTF-8.
+    /// characters, no invisible format characters (Unicode category Cf) nor line or
+    /// paragraph separators, not `.` or `..`; its key is at most 512 bytes of UTF-8.
     #[schema(min_length = 1, max_length = 200, example = "São Paulo")]
     name: String,
     /// A JSON integer; floats (even `1.0`), strings, booleans and null are refused.
@@ -62,7 +64,7 @@ impl TryFrom<&Value> for CityUpdate {
         let name = match object.get("name") {
             None => Err(FieldError::new("name", "is required")),
             Some(Value::String(raw)) => {
-                CityName::parse(raw).map_err(|e| FieldError::new("name", e))
+                new_name::parse(raw).map_err(|e| FieldError::new("name", e))
             }
             Some(_) => Err(FieldError::new("name", "must be a string")),
         };
@@ -81,7 +83,7 @@ impl TryFrom<&Value> for CityUpdate {
 impl CityUpdate {
     /// The name from a path segment and a `{"population"}` object.
     fn from_path(name: &str, body: &Value) -> Result<Self, Vec<FieldError>> {
-        let name = CityName::parse(name).map_err(|e| FieldError::new("name", e));
+        let name = new_name::parse(name).map_err(|e| FieldError::new("name", e));
         let (mut errors, population) = match as_object(body) {
             Ok(object) => (unknown_fields(object, &["population"]), population(object)),
             Err(errors) => return Err(name.err().into_iter().chain(errors).collect()),
@@ -142,9 +144,9 @@ pub async fn post_city(
     State(state): State<Arc<AppState>>,
     TraceContext(trace): TraceContext,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, Problem> {
-    let body = json_body::parse(&headers, body)?;
+    let body = json_body::read(&headers, body, MAX_UPDATE_BODY_BYTES).await?;
     let update = CityUpdate::try_from(&body).map_err(Problem::validation)?;
     publish(&state, &update, &trace).await
 }
@@ -168,17 +170,58 @@ pub async fn post_city(
     )
 )]
 pub async fn put_city(
-    _: WriteAccess,
+    access: WriteAccess,
     State(state): State<Arc<AppState>>,
-    TraceContext(trace): TraceContext,
+    trace: TraceContext,
     name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, Problem> {
     let Path(name) = name.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let body = json_body::parse(&headers, body)?;
-    let update = CityUpdate::from_path(&name, &body).map_err(Problem::validation)?;
-    publish(&state, &update, &trace).await
+    put(access, &state, trace, &name, &headers, body).await
+}
+
+/// Upsert the population of the city named `bulk`.
+///
+/// `PUT /cities/{name}` for the name `bulk`, whose path is also the bulk route's: a
+/// router takes the fixed path first, so this operation serves it.
+#[utoipa::path(
+    put,
+    path = "/cities/bulk",
+    tag = "writes",
+    request_body(content = PopulationBody, content_type = "application/json"),
+    security((), ("api_key" = [])),
+    responses(
+        KeyRefusals, JsonRefusals,
+        (status = 202, description = "Kafka acknowledged the update", body = Accepted,
+            headers(("location" = String, description = "`/city/bulk`, where the city can be read"))),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, each in `errors`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Kafka did not acknowledge within the publish timeout, or the producer queue is full", body = Problem, content_type = "application/problem+json",
+            headers(("retry-after" = u64, description = "Seconds to wait before retrying"))),
+    )
+)]
+pub async fn put_city_named_bulk(
+    access: WriteAccess,
+    State(state): State<Arc<AppState>>,
+    trace: TraceContext,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    put(access, &state, trace, "bulk", &headers, body).await
+}
+
+async fn put(
+    _: WriteAccess,
+    state: &AppState,
+    TraceContext(trace): TraceContext,
+    name: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let body = json_body::read(headers, body, MAX_UPDATE_BODY_BYTES).await?;
+    let update = CityUpdate::from_path(name, &body).map_err(Problem::validation)?;
+    publish(state, &update, &trace).await
 }
 
 async fn publish(

@@ -8,6 +8,7 @@ use crate::common::{
     CATCH_UP, Expected, expect, load, wait_for_committed, wait_for_index, wait_for_metric,
 };
 use citypop_schemas::CityKey;
+use citypop_tests::api_client::ApiClient;
 use citypop_tests::engine::{create_index, create_narrow_index, documents, update_aliases};
 use citypop_tests::fault_proxy::FaultProxy;
 use citypop_tests::kafka::{Kafka, now_micros};
@@ -415,19 +416,14 @@ async fn a_delete_hides_the_city_and_a_later_update_restores_it() {
     let kafka = Kafka::connect(&stack.kafka);
     let _indexer = spawn_indexer(&stack, &names).await;
     let api = spawn_producer_api(&stack, &names).await;
-    let http = reqwest::Client::new();
+    let client = ApiClient::of(&api);
     let get = async |expected_status: u16| {
         let deadline = Instant::now() + CATCH_UP;
         loop {
-            let response = http
-                .get(format!("{}/city/lyon", api.base_url))
-                .send()
-                .await
-                .unwrap();
-            let status = response.status().as_u16();
-            let body: Value = response.json().await.unwrap_or_default();
+            let reply = client.get_city("lyon", "").await;
+            let status = reply.status;
             if status == expected_status {
-                return body;
+                return reply.body;
             }
             assert!(
                 Instant::now() < deadline,

@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use citypop_schemas::CityKey;
+use citypop_tests::api_client::ApiClient;
 use citypop_tests::{Names, Stack, spawn_indexer, spawn_producer_api};
 use futures::StreamExt;
 use rand::seq::SliceRandom;
-use serde_json::{Value, json};
 
 const CITIES: usize = 200;
 const UPDATES_PER_CITY: usize = 10;
@@ -27,7 +27,7 @@ async fn every_city_shows_its_last_accepted_update_and_a_rebuild_agrees() {
     let names = Names::unique("pipeline");
     let indexer = spawn_indexer(&stack, &names).await;
     let api = spawn_producer_api(&stack, &names).await;
-    let http = reqwest::Client::new();
+    let client = ApiClient::of(&api);
 
     // Several spellings per city: the API must fold them into one key.
     let mut updates = Vec::with_capacity(CITIES * UPDATES_PER_CITY);
@@ -45,22 +45,14 @@ async fn every_city_shows_its_last_accepted_update_and_a_rebuild_agrees() {
 
     let accepted: Vec<(String, i64, i64)> = futures::stream::iter(updates)
         .map(|(name, population)| {
-            let http = http.clone();
-            let url = format!("{}/city", api.base_url);
+            let client = client.clone();
             async move {
-                let response = http
-                    .post(&url)
-                    .json(&json!({"name": name, "population": population}))
-                    .send()
-                    .await
-                    .expect("POST /city");
-                assert_eq!(response.status(), 202, "POST {name:?}");
-                let location = response.headers()["location"].to_str().unwrap().to_owned();
-                let body: Value = response.json().await.unwrap();
-                let key = body["key"].as_str().unwrap().to_owned();
+                let reply = client.post_city(&name, population).await;
+                let (key, _, offset) = reply.assert_accepted();
+                let location = reply.header("location").expect("location");
                 assert_eq!(key, CityKey::parse(&name).unwrap().as_str());
                 assert!(location.starts_with("/city/ville%20"), "{location}");
-                (key, body["offset"].as_i64().unwrap(), population)
+                (key, offset, population)
             }
         })
         .buffer_unordered(CONCURRENCY)
@@ -76,7 +68,7 @@ async fn every_city_shows_its_last_accepted_update_and_a_rebuild_agrees() {
     }
     assert_eq!(expected.len(), CITIES);
 
-    assert_index_shows(&http, &api.base_url, &expected).await;
+    assert_index_shows(&client, &expected).await;
 
     // A first replay: a fresh indexer, its own group, its own index, same topic.
     assert!(
@@ -86,24 +78,19 @@ async fn every_city_shows_its_last_accepted_update_and_a_rebuild_agrees() {
     let rebuilt = names.rebuild("rebuilt");
     let _indexer = spawn_indexer(&stack, &rebuilt).await;
     let rebuilt_api = spawn_producer_api(&stack, &rebuilt).await;
-    assert_index_shows(&http, &rebuilt_api.base_url, &expected).await;
+    assert_index_shows(&ApiClient::of(&rebuilt_api), &expected).await;
 }
 
 /// Polls until every city shows its expected population and version, then asserts
 /// it once more for all of them.
-async fn assert_index_shows(http: &reqwest::Client, base_url: &str, expected: &Expected) {
+async fn assert_index_shows(client: &ApiClient, expected: &Expected) {
     let deadline = Instant::now() + CATCH_UP;
     let mut mismatches = Vec::new();
     while Instant::now() < deadline {
         mismatches.clear();
         for (key, &(offset, population)) in expected {
-            let response = http
-                .get(format!("{base_url}/city/{key}"))
-                .send()
-                .await
-                .unwrap();
-            let status = response.status().as_u16();
-            let body: Value = response.json().await.unwrap_or_default();
+            let reply = client.get_city(key, "").await;
+            let (status, body) = (reply.status, reply.body);
             if status != 200 || body["population"] != population || body["version"] != offset {
                 mismatches.push(format!(
                     "{key}: got {status} {body}, want population {population} version {offset}"

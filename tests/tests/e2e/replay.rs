@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use citypop_tests::api_client::ApiClient;
 use citypop_tests::engine::{documents, indexes_behind};
 use citypop_tests::fault_proxy::{FaultProxy, OnRequest};
 use citypop_tests::kafka::Kafka;
@@ -81,18 +82,15 @@ async fn a_replay_during_live_writes_never_shows_a_gap_or_a_step_back() {
     };
     // A reader that must never see a watched city missing or going back in time.
     let reader = {
-        let (stop, base_url) = (stop.clone(), api.base_url.clone());
+        let (stop, client) = (stop.clone(), ApiClient::of(&api));
         tokio::spawn(async move {
-            let http = reqwest::Client::new();
             let mut versions: BTreeMap<usize, i64> = BTreeMap::new();
             let mut problems = Vec::new();
             let mut reads = 0;
             while !stop.load(Ordering::SeqCst) {
                 for city in 0..WATCHED {
-                    let url = format!("{base_url}/city/replay%20city%20{city}");
-                    let response = http.get(&url).send().await.expect("GET during replay");
-                    let status = response.status().as_u16();
-                    let body: Value = response.json().await.unwrap_or_default();
+                    let reply = client.get_city(&format!("replay city {city}"), "").await;
+                    let (status, body) = (reply.status, reply.body);
                     reads += 1;
                     if status != 200 {
                         problems.push(format!("city {city}: {status} {body}"));
