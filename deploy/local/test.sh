@@ -9,6 +9,9 @@
 #   elasticsearch 9.5.4   security: the engine security tests, with HTTPS, file-realm
 #                         users and roles (CITYPOP_ENGINE_SECURITY=on)
 #
+# After the first full pass, schemathesis fuzzes producer-api from its OpenAPI
+# document (deploy/local/fuzz.sh) and the benchmark tool makes a smoke run.
+#
 # With CITYPOP_ENGINE set (and CITYPOP_ENGINE_VERSION, else that engine's default),
 # only that engine's full pass runs. A stack that was already running with the
 # engine a pass asks for is used and left running; one started here is stopped here,
