@@ -159,11 +159,12 @@ async fn read_city(api: &Service, key: &str, offset: i64) -> (u16, Value) {
     (status, read.json().await.unwrap_or(Value::Null))
 }
 
-/// `/readyz` of `service`, read whole.
-async fn readiness(service: &Service) -> (u16, Value) {
-    let response = reqwest::get(format!("{}/readyz", service.base_url))
+/// A readiness path of `service` (`readyz`, or producer-api's `readyz/reads` and
+/// `readyz/writes`), read whole.
+async fn readiness(service: &Service, path: &str) -> (u16, Value) {
+    let response = reqwest::get(format!("{}/{path}", service.base_url))
         .await
-        .expect("GET /readyz");
+        .unwrap_or_else(|e| panic!("GET /{path}: {e}"));
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -301,8 +302,8 @@ async fn a_wrong_password_keeps_reads_and_writes_out_with_a_clear_error() {
     let (reader_user, reader_password) = READER_USER;
     let wrong = "not-the-engine-password";
 
-    // Reads: a producer-api with a wrong password is live but never ready for reads,
-    // and its reads fail while its writes (Kafka) go on.
+    // Reads: a producer-api with a wrong password is live but never ready for reads
+    // (`/readyz` stays ready: its writes, through Kafka, go on), and its reads fail.
     let indexer = spawn_indexer_with(
         &stack,
         &names,
@@ -319,10 +320,15 @@ async fn a_wrong_password_keeps_reads_and_writes_out_with_a_clear_error() {
     .await;
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
-        let (status, body) = readiness(&api).await;
+        let (status, body) = readiness(&api, "readyz/reads").await;
         assert_eq!(status, 503, "{body}");
         assert_eq!(body["checks"]["elasticsearch"]["status"], "down", "{body}");
         assert_eq!(body["checks"]["kafka"]["status"], "up", "{body}");
+        assert_eq!(
+            readiness(&api, "readyz").await.0,
+            200,
+            "writes still served"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let read = reqwest::get(format!("{}/city/oslo", api.base_url))
@@ -355,7 +361,7 @@ async fn a_wrong_password_keeps_reads_and_writes_out_with_a_clear_error() {
     post_city(&good_api, "Oslo", 709_037).await;
     wait_for_log(&bad_indexer, "401 Unauthorized").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (status, body) = readiness(&bad_indexer).await;
+    let (status, body) = readiness(&bad_indexer, "readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(engine.documents(&names.alias).await.is_empty());
     let kafka = Kafka::connect(&stack.kafka);
@@ -395,7 +401,7 @@ async fn an_api_key_reaches_the_engine_as_one_and_an_unknown_one_keeps_reads_out
 
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
-        let (status, body) = readiness(&api).await;
+        let (status, body) = readiness(&api, "readyz/reads").await;
         assert_eq!(status, 503, "{body}");
         assert_eq!(body["checks"]["elasticsearch"]["status"], "down", "{body}");
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -500,7 +506,7 @@ async fn an_indexer_whose_role_cannot_write_the_index_dead_letters_nothing() {
         dead_letters.values().all(|&end| end == 0),
         "dead letters: {dead_letters:?}"
     );
-    let (status, body) = readiness(&indexer).await;
+    let (status, body) = readiness(&indexer, "readyz").await;
     assert_eq!(
         status, 503,
         "an indexer that cannot write is not ready: {body}"
