@@ -194,13 +194,11 @@ impl<S: BulkSink, P: PoisonSink> BatchWriter<S, P> {
     ) -> Result<(), Interrupted> {
         self.poison.take(message, cause).await?;
         self.metrics.dead_lettered(cause.reason);
-        self.metrics.status.dead_lettered();
         Ok(())
     }
 
     fn indexed(&self, result: IndexedResult, write: &Write) {
         self.metrics.indexed(result);
-        self.metrics.status.indexed();
         let now = chrono::Utc::now().timestamp_micros();
         self.metrics
             .end_to_end((now - write.occurred_at_micros).max(0) as f64 / 1e6);

@@ -14,7 +14,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::status::{Status, StatusBoard};
+use crate::metrics::Metrics;
+use crate::status::{Done, Status};
 
 /// What readiness is made of: set-up finished, the member joined its consumer
 /// group, the engine accepts writes, dead letters can be written, and the topic is
@@ -85,7 +86,7 @@ impl Health {
 
 struct Shared {
     health: Arc<Health>,
-    status: Arc<StatusBoard>,
+    metrics: Arc<Metrics>,
     registry: Registry,
 }
 
@@ -94,7 +95,7 @@ struct Shared {
 pub async fn serve(
     addr: SocketAddr,
     health: Arc<Health>,
-    status: Arc<StatusBoard>,
+    metrics: Arc<Metrics>,
     registry: Registry,
 ) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)
@@ -104,11 +105,11 @@ pub async fn serve(
     let router = Router::new()
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics_text))
         .route("/status", get(status_report))
         .with_state(Arc::new(Shared {
             health,
-            status,
+            metrics,
             registry,
         }));
     tokio::spawn(async move {
@@ -128,10 +129,20 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str)
 }
 
 async fn status_report(State(shared): State<Arc<Shared>>) -> Json<Status> {
-    Json(shared.status.report(shared.health.is_ready()).await)
+    let done = Done {
+        indexed: shared.metrics.written_total(),
+        dead_lettered: shared.metrics.dead_lettered_total(),
+    };
+    Json(
+        shared
+            .metrics
+            .status
+            .report(shared.health.is_ready(), done)
+            .await,
+    )
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+async fn metrics_text(State(shared): State<Arc<Shared>>) -> Response {
     citypop_runtime::metrics_response(&shared.registry)
 }
 

@@ -91,7 +91,7 @@ pub async fn run(
     let health_addr = health::serve(
         config.health_listen,
         health.clone(),
-        metrics.status.clone(),
+        metrics.clone(),
         registry,
     )
     .await?;

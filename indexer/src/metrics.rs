@@ -294,6 +294,31 @@ impl Metrics {
         self.indexed.get_or_create(&IndexedLabels { result }).inc();
     }
 
+    /// Documents written since start: created, updated or deleted (stale ones are
+    /// not).
+    pub fn written_total(&self) -> u64 {
+        [
+            IndexedResult::Created,
+            IndexedResult::Updated,
+            IndexedResult::Deleted,
+        ]
+        .into_iter()
+        .filter_map(|result| self.indexed.get(&IndexedLabels { result }).map(|c| c.get()))
+        .sum()
+    }
+
+    /// Messages dead-lettered since start, whatever the reason.
+    pub fn dead_lettered_total(&self) -> u64 {
+        DeadLetterReason::ALL
+            .into_iter()
+            .filter_map(|reason| {
+                self.dead_letters
+                    .get(&DeadLetterLabels { reason })
+                    .map(|c| c.get())
+            })
+            .sum()
+    }
+
     pub fn redriven(&self, result: RedriveResult) {
         self.redriven.get_or_create(&RedriveLabels { result }).inc();
     }

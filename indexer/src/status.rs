@@ -28,8 +28,6 @@ struct Recorded {
     guard: Option<String>,
     last_error: Option<LastError>,
     engine_answered_at: Option<DateTime<Utc>>,
-    indexed: u64,
-    dead_lettered: u64,
 }
 
 /// The most recent failure, whichever stage it came from.
@@ -57,6 +55,13 @@ impl std::fmt::Debug for GroupView {
             .field("group", &self.group)
             .finish_non_exhaustive()
     }
+}
+
+/// What was done since start, from the metrics' counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Done {
+    pub indexed: u64,
+    pub dead_lettered: u64,
 }
 
 /// The `/status` answer.
@@ -128,16 +133,9 @@ impl StatusBoard {
         self.with(|r| r.engine_answered_at = Some(Utc::now()));
     }
 
-    pub fn indexed(&self) {
-        self.with(|r| r.indexed += 1);
-    }
-
-    pub fn dead_lettered(&self) {
-        self.with(|r| r.dead_lettered += 1);
-    }
-
-    /// The answer now; asks Kafka for offsets, so it takes a moment.
-    pub async fn report(&self, ready: bool) -> Status {
+    /// The answer now, with what the counters say was done since start; asks Kafka
+    /// for offsets, so it takes a moment.
+    pub async fn report(&self, ready: bool, done: Done) -> Status {
         let recorded = self.with(|r| r.clone());
         let mut status = Status {
             ready,
@@ -150,8 +148,8 @@ impl StatusBoard {
             engine_answered_at: recorded
                 .engine_answered_at
                 .map(|at| at.to_rfc3339_opts(SecondsFormat::Millis, true)),
-            indexed_since_start: recorded.indexed,
-            dead_lettered_since_start: recorded.dead_lettered,
+            indexed_since_start: done.indexed,
+            dead_lettered_since_start: done.dead_lettered,
         };
         if let Some(view) = self.group.get() {
             status.topic = Some(view.topic.clone());
@@ -314,12 +312,13 @@ mod tests {
     #[tokio::test]
     async fn the_board_reports_what_was_recorded() {
         let board = StatusBoard::default();
-        board.indexed();
-        board.indexed();
-        board.dead_lettered();
         board.error("bulk", "connection refused");
         board.guard("matches".into());
-        let status = board.report(false).await;
+        let done = Done {
+            indexed: 2,
+            dead_lettered: 1,
+        };
+        let status = board.report(false, done).await;
         assert_eq!(status.indexed_since_start, 2);
         assert_eq!(status.dead_lettered_since_start, 1);
         assert_eq!(
