@@ -13,7 +13,7 @@ use citypop_tests::engine::{create_index, create_narrow_index, documents, update
 use citypop_tests::fault_proxy::FaultProxy;
 use citypop_tests::kafka::{Kafka, now_micros};
 use citypop_tests::{
-    Names, Readiness, Stack, spawn_indexer, spawn_indexer_with, spawn_producer_api,
+    Names, Readiness, Service, Stack, spawn_indexer, spawn_indexer_with, spawn_producer_api,
 };
 use futures::StreamExt;
 use rand::Rng;
@@ -374,38 +374,17 @@ async fn a_recreated_topic_is_refused_with_a_clear_error() {
     let stack = Stack::from_env();
     let names = Names::unique("recreated");
     let kafka = Kafka::connect(&stack.kafka);
-    let first = spawn_indexer(&stack, &names).await;
-    let mut expected = Expected::new();
-    load(
-        &kafka,
-        &names.topic,
-        &mut expected,
-        "Again City",
-        20,
-        200,
-        0,
-    )
-    .await;
-    wait_for_index(&stack, &names.alias, &expected).await;
-    drop(first);
+    let expected = index_then_stop(&stack, &names, &kafka, "Again City", 20, 200).await;
 
     kafka.delete_topic(&names.topic).await;
-    let refusing = spawn_indexer_with(&stack, &names, &[], Readiness::Live).await;
-    wait_for_metric(&refusing, "citypop_indexer_topic_recreated", 1.0).await;
+    let refusing = spawn_refusing(&stack, &names).await;
     for i in 0..5 {
         kafka
             .produce_update(&names.topic, &format!("Again City {i}"), 99_999)
             .await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(refusing.readiness().await, 503);
-    assert!(
-        refusing
-            .log()
-            .contains("the topic was deleted and recreated"),
-        "the log says why: {}",
-        refusing.log()
-    );
+    assert_refuses(&refusing, "the topic was deleted and recreated").await;
     wait_for_index(&stack, &names.alias, &expected).await;
 }
 
@@ -783,38 +762,21 @@ async fn a_topic_whose_partition_count_changed_is_refused() {
     let stack = Stack::from_env();
     let names = Names::unique("more-partitions");
     let kafka = Kafka::connect(&stack.kafka);
-    let first = spawn_indexer(&stack, &names).await;
-    let mut expected = Expected::new();
-    load(
-        &kafka,
-        &names.topic,
-        &mut expected,
-        "Moved City",
-        50,
-        500,
-        0,
-    )
-    .await;
-    wait_for_index(&stack, &names.alias, &expected).await;
-    drop(first);
+    let expected = index_then_stop(&stack, &names, &kafka, "Moved City", 50, 500).await;
 
     kafka.add_partitions(&names.topic, 16).await;
-    let refusing = spawn_indexer_with(&stack, &names, &[], Readiness::Live).await;
-    wait_for_metric(&refusing, "citypop_indexer_topic_recreated", 1.0).await;
+    let refusing = spawn_refusing(&stack, &names).await;
     for i in 0..50 {
         kafka
             .produce_update(&names.topic, &format!("Moved City {i}"), 99_999)
             .await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(refusing.readiness().await, 503);
-    assert!(
-        refusing
-            .log()
-            .contains("has 16 partitions but the index was built from 12"),
-        "the log says why: {}",
-        refusing.log()
-    );
+    assert_refuses(
+        &refusing,
+        "has 16 partitions but the index was built from 12",
+    )
+    .await;
     assert_eq!(
         refusing
             .metric("citypop_indexer_topic_guard{state=\"refusing\"}")
@@ -832,20 +794,7 @@ async fn a_recreated_topic_with_more_events_than_before_is_told_by_its_id() {
     let stack = Stack::from_env();
     let names = Names::unique("recreated-id");
     let kafka = Kafka::connect(&stack.kafka);
-    let first = spawn_indexer(&stack, &names).await;
-    let mut expected = Expected::new();
-    load(
-        &kafka,
-        &names.topic,
-        &mut expected,
-        "Reborn City",
-        12,
-        24,
-        0,
-    )
-    .await;
-    wait_for_index(&stack, &names.alias, &expected).await;
-    drop(first);
+    let expected = index_then_stop(&stack, &names, &kafka, "Reborn City", 12, 24).await;
 
     kafka.delete_topic(&names.topic).await;
     kafka.create_topic(&names.topic, 12).await;
@@ -864,16 +813,8 @@ async fn a_recreated_topic_with_more_events_than_before_is_told_by_its_id() {
         group: format!("{}-new-group", names.group),
         ..names.clone()
     };
-    let refusing = spawn_indexer_with(&stack, &new_group, &[], Readiness::Live).await;
-    wait_for_metric(&refusing, "citypop_indexer_topic_recreated", 1.0).await;
-    assert_eq!(refusing.readiness().await, 503);
-    assert!(
-        refusing
-            .log()
-            .contains("but the index was built from the topic with id"),
-        "the log says why: {}",
-        refusing.log()
-    );
+    let refusing = spawn_refusing(&stack, &new_group).await;
+    assert_refuses(&refusing, "but the index was built from the topic with id").await;
     wait_for_index(&stack, &names.alias, &expected).await;
 }
 
@@ -971,4 +912,40 @@ async fn status_shows_committed_offsets_pauses_and_the_last_error() {
     assert!(table.contains("last error: bulk at"), "{table}");
     assert!(table.contains("partition"), "{table}");
     proxy.restore();
+}
+
+/// Indexes `count` updates over `cities` cities named after `prefix` with an indexer
+/// of its own, then stops it: the index that a changed topic must leave alone.
+async fn index_then_stop(
+    stack: &Stack,
+    names: &Names,
+    kafka: &Kafka,
+    prefix: &str,
+    cities: usize,
+    count: usize,
+) -> Expected {
+    let first = spawn_indexer(stack, names).await;
+    let mut expected = Expected::new();
+    load(kafka, &names.topic, &mut expected, prefix, cities, count, 0).await;
+    wait_for_index(stack, &names.alias, &expected).await;
+    drop(first);
+    expected
+}
+
+/// Starts an indexer on a topic its index was not built from, and waits until the
+/// guard refuses it.
+async fn spawn_refusing(stack: &Stack, names: &Names) -> Service {
+    let refusing = spawn_indexer_with(stack, names, &[], Readiness::Live).await;
+    wait_for_metric(&refusing, "citypop_indexer_topic_recreated", 1.0).await;
+    refusing
+}
+
+/// The refusal shows: not ready, and the log says `why`.
+async fn assert_refuses(refusing: &Service, why: &str) {
+    assert_eq!(refusing.readiness().await, 503);
+    assert!(
+        refusing.log().contains(why),
+        "the log says why: {}",
+        refusing.log()
+    );
 }
