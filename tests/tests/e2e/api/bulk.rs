@@ -1,12 +1,9 @@
 //! `POST /cities/bulk`: each item judged on its own.
 
-use std::time::Duration;
-
 use citypop_tests::api_client::ApiClient;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{key, start};
+use super::{chunked_post, key, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_requests_judge_each_item() {
@@ -142,36 +139,4 @@ async fn bulk_requests_judge_each_item() {
         )
         .await;
     assert_eq!(read.body["population"], 999, "{}", read.text);
-}
-
-/// POSTs a JSON array of `size` bytes in one chunk of a chunked body, and returns
-/// the answer, write errors ignored (the server may stop reading early).
-async fn chunked_post(base_url: &str, path: &str, size: usize) -> String {
-    let addr = base_url.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
-         transfer-encoding: chunked\r\n\r\n{size:x}\r\n["
-    );
-    let body = format!("{}]\r\n0\r\n\r\n", " ".repeat(size - 2));
-    let (mut reader, mut writer) = stream.split();
-    let write = async {
-        let _ = writer.write_all(head.as_bytes()).await;
-        let _ = writer.write_all(body.as_bytes()).await;
-    };
-    // Whatever arrives until the server closes, or for 10 s.
-    let read = async {
-        let mut answer = Vec::new();
-        let mut buffer = [0; 4096];
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while let Ok(Ok(read)) = tokio::time::timeout_at(deadline, reader.read(&mut buffer)).await {
-            if read == 0 {
-                break;
-            }
-            answer.extend_from_slice(&buffer[..read]);
-        }
-        answer
-    };
-    let (_, answer) = tokio::join!(write, read);
-    String::from_utf8_lossy(&answer).into_owned()
 }
