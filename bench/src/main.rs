@@ -80,7 +80,7 @@ pub struct Args {
     /// the ceilings write the same events in the same order.
     #[arg(long, value_delimiter = ',', default_value = "round-robin,zipf")]
     order: Vec<Order>,
-    /// Seed of the random and zipf orders and of the HTTP loads' city choice.
+    /// Seed of the random and zipf orders (the HTTP loads pick cities at random).
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Requests in flight for P3 and P4.
