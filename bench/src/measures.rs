@@ -6,8 +6,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use citypop_schemas::document::CityDocument;
-use citypop_schemas::event::CityPopulationUpdated;
 use citypop_tests::kafka::Kafka;
 use citypop_tests::{
     Names, Readiness, Service, Stack, indexer_command_builder, run_indexer_command,
@@ -17,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::Args;
 use crate::cpu::{CpuMeter, micros_per};
-use crate::preload::{Order, Preloaded, city_name};
+use crate::preload::{Order, Preloaded};
 use crate::report::{CPU_CEILING, CPU_CITYPOP, CPU_ENGINE, CPU_TOTAL, Report, Sample, Target};
 
 /// One round's figure for one row of the report.
@@ -223,25 +221,15 @@ impl Bench {
             );
             let names = Names::unique("bench-live");
             setup(&self.stack, &names).await;
-            let documents: Vec<CityDocument> = (0..self.args.cities)
-                .map(|city| {
-                    let name = city_name(city);
-                    let event = CityPopulationUpdated {
-                        event_id: uuid::Uuid::now_v7().to_string(),
-                        city: name.clone(),
-                        population: city as i64,
-                        occurred_at: chrono::Utc::now().timestamp_micros(),
-                    };
-                    CityDocument::from_event(&name.to_lowercase(), &event, 0, 0)
-                })
-                .collect();
-            let bodies = crate::ceiling::bulk_bodies(&documents, self.args.bulk_size);
-            crate::ceiling::raw_bulk(
-                &self.http,
-                &self.stack.elasticsearch,
-                &names.alias,
-                &bodies,
-                self.args.bulk_concurrency,
+            // One event per city, indexed by the indexer itself: the index must
+            // agree with its topic (the indexer refuses an index ahead of it).
+            crate::preload::preload(
+                &self.stack.kafka,
+                &names.topic,
+                Order::RoundRobin,
+                self.args.cities,
+                self.args.cities,
+                self.args.seed,
             )
             .await?;
             let indexer = spawn_indexer_with(
@@ -251,6 +239,7 @@ impl Bench {
                 Readiness::Ready,
             )
             .await;
+            drain(self, &names, &indexer, self.args.cities).await?;
             let quiet = [("CITYPOP_LOG", "warn".to_owned())];
             let api = spawn_producer_api_with(&self.stack, &names, &quiet, Readiness::Ready).await;
             let cached = [
@@ -410,7 +399,7 @@ pub async fn p2(bench: &mut Bench) -> anyhow::Result<Vec<Record>> {
         let mut command = indexer_command_builder(
             &bench.stack,
             &names,
-            &["replay", "--json"],
+            &["replay", "--json", "--delete-old"],
             &bench.indexer_settings(),
         );
         let mut child = command.spawn().context("spawning indexer replay")?;
@@ -657,8 +646,18 @@ async fn setup(stack: &Stack, names: &Names) {
     run_indexer_command(stack, names, &["setup"], &quiet, Duration::from_secs(120)).await;
 }
 
-/// Deletes the indices behind `alias`, so the next round starts from an empty engine.
+/// Deletes the indices behind `alias` and the index template `indexer setup` named
+/// after it, so the next round starts from an empty engine.
 async fn delete_alias(http: &reqwest::Client, engine: &str, alias: &str) -> anyhow::Result<()> {
+    let template = http
+        .delete(format!("{engine}/_index_template/{alias}"))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        template.status().is_success() || template.status() == 404,
+        "deleting index template {alias}: {}",
+        template.status()
+    );
     let response = http.get(format!("{engine}/_alias/{alias}")).send().await?;
     if response.status() == 404 {
         return Ok(());

@@ -16,7 +16,8 @@ if ! "$stack" status >/dev/null 2>&1; then
   "$stack" up
   started=yes
 fi
-export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:${CITYPOP_KAFKA_PORT:-9092}"
-export ELASTICSEARCH_URL="http://127.0.0.1:${CITYPOP_ENGINE_PORT:-9200}"
+# NAME=value lines (Kafka's listeners, the engine's URL, ENGINE_NAME, ...), as
+# deploy/local/test.sh reads them: the same stack settings reach the same ports.
+while IFS='=' read -r name value; do export "$name=$value"; done < <("$stack" env)
 # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
 target/release/citypop-bench --bin-dir target/release ${BENCH_ARGS:-}
