@@ -103,7 +103,7 @@ impl Bench {
     }
 
     /// Names for one round's index and consumer group over `topic`.
-    fn names(&self, what: &str, topic: &str) -> Names {
+    pub fn names(&self, what: &str, topic: &str) -> Names {
         let unique = Names::unique(&format!("bench-{what}"));
         Names {
             topic: topic.to_owned(),
@@ -142,7 +142,7 @@ impl Bench {
     }
 
     /// The topic preloaded in `order`, filled on first use.
-    async fn preload(&mut self, order: Order) -> anyhow::Result<&Preload> {
+    pub async fn preload(&mut self, order: Order) -> anyhow::Result<&Preload> {
         if !self.preloads.contains_key(&order) {
             let topic = format!("{}-{}", self.run_id.topic, order.name());
             eprintln!(
@@ -187,7 +187,7 @@ impl Bench {
 
     /// A raw `_bulk` ceiling into a fresh index set up as the indexer's (same
     /// mappings and shards), deleted after: (operations/s, engine CPU µs per op).
-    async fn ceiling(
+    pub async fn ceiling(
         &self,
         topic: &str,
         bodies: &[Bytes],
@@ -213,7 +213,7 @@ impl Bench {
     }
 
     /// P3..P6's services, started on first use.
-    async fn live(&mut self) -> anyhow::Result<&Live> {
+    pub async fn live(&mut self) -> anyhow::Result<&Live> {
         if self.live.is_none() {
             eprintln!(
                 "==> live services: index of {} cities, indexer, producer-api (and one with the read cache)",
@@ -641,14 +641,14 @@ fn rss_record(measure: &str, bytes: Option<u64>, limit: f64) -> Record {
 
 /// Runs `indexer setup` for `names`: its topics (if missing), index template, index
 /// and alias.
-async fn setup(stack: &Stack, names: &Names) {
+pub async fn setup(stack: &Stack, names: &Names) {
     let quiet = [("CITYPOP_LOG", "warn".to_owned())];
     run_indexer_command(stack, names, &["setup"], &quiet, Duration::from_secs(120)).await;
 }
 
 /// Deletes the indices behind `alias` and the index template `indexer setup` named
 /// after it, so the next round starts from an empty engine.
-async fn delete_alias(http: &reqwest::Client, engine: &str, alias: &str) -> anyhow::Result<()> {
+pub async fn delete_alias(http: &reqwest::Client, engine: &str, alias: &str) -> anyhow::Result<()> {
     let template = http
         .delete(format!("{engine}/_index_template/{alias}"))
         .send()
@@ -675,7 +675,7 @@ async fn delete_alias(http: &reqwest::Client, engine: &str, alias: &str) -> anyh
 /// Events per second from the indexer's first consumed event until its group has
 /// committed the whole topic, and the CPU time of the engine and the indexer over
 /// that span.
-async fn drain(
+pub async fn drain(
     bench: &Bench,
     names: &Names,
     indexer: &Service,
