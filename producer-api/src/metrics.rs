@@ -168,7 +168,13 @@ impl Metrics {
             .inc();
     }
 
-    fn request_answered(&self, method: &'static str, route: &str, status: u16, seconds: f64) {
+    pub(crate) fn request_answered(
+        &self,
+        method: &'static str,
+        route: &str,
+        status: u16,
+        seconds: f64,
+    ) {
         self.http_requests
             .get_or_create(&RequestLabels {
                 method,
