@@ -29,6 +29,27 @@ pub struct Config {
     )]
     pub producer_queue_messages: u32,
 
+    /// How long the producer waits to fill a batch before sending it (librdkafka's
+    /// `linger.ms`). Longer batches cost Kafka and this service less CPU per write
+    /// and add up to this much to each write's latency; 0 sends at once.
+    #[arg(long, env = "CITYPOP_PRODUCER_LINGER", default_value = "5ms", value_parser = humantime::parse_duration)]
+    pub producer_linger: Duration,
+
+    /// Largest batch of writes the producer sends to one partition in one request,
+    /// in bytes (librdkafka's `batch.size`).
+    #[arg(
+        long,
+        env = "CITYPOP_PRODUCER_BATCH_BYTES",
+        default_value_t = 1_000_000,
+        value_parser = clap::value_parser!(u32).range(1..=2_147_483_647)
+    )]
+    pub producer_batch_bytes: u32,
+
+    /// Compression of the producer's batches: none, gzip, snappy, lz4 or zstd
+    /// (librdkafka's `compression.type`). The broker stores batches as sent.
+    #[arg(long, env = "CITYPOP_PRODUCER_COMPRESSION", default_value = "lz4")]
+    pub producer_compression: Compression,
+
     /// Longest time a client may take to send a request's headers; past it the
     /// connection is closed. Slow clients cannot hold connections open for free.
     #[arg(long, env = "CITYPOP_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -88,6 +109,29 @@ pub struct Config {
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// A compression codec librdkafka can write and every Kafka client can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    /// The value of librdkafka's `compression.type`.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Gzip => "gzip",
+            Self::Snappy => "snappy",
+            Self::Lz4 => "lz4",
+            Self::Zstd => "zstd",
+        }
+    }
 }
 
 #[cfg(test)]

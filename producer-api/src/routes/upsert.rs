@@ -309,7 +309,8 @@ mod cost {
     use super::*;
     use crate::Config;
     use crate::metrics::Metrics;
-    use crate::publisher::Publisher;
+    use crate::metrics::RouteLabel;
+    use crate::publisher::{ProducerSettings, Publisher};
     use crate::trace_context::TraceParent;
 
     pub const POSTS: usize = 2_000;
@@ -330,7 +331,8 @@ mod cost {
         };
         metrics.published(0.001);
         let response = super::super::accepted_response(accepted, true);
-        metrics.request_answered("POST", "/city", response.status().as_u16(), 0.001);
+        let route = RouteLabel::Static("/city");
+        metrics.request_answered("POST", route, response.status().as_u16(), 0.001);
         std::hint::black_box(response);
     }
 
@@ -343,8 +345,7 @@ mod cost {
         let metrics = Arc::new(Metrics::new());
         let publisher = Publisher::new(
             &config.kafka,
-            std::time::Duration::from_secs(60),
-            100_000,
+            &ProducerSettings::from_config(&config),
             metrics.clone(),
         )
         .unwrap();
