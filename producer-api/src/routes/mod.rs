@@ -364,7 +364,7 @@ mod tests {
                     queue_messages: 10,
                     linger: Duration::from_millis(5),
                     batch_bytes: 1_000_000,
-                    compression: crate::config::Compression::Lz4,
+                    compression: crate::config::Compression::None,
                 },
                 metrics.clone(),
             )

@@ -325,7 +325,7 @@ mod cost {
         assert!(!pending.refused());
         let accepted = Accepted {
             event_id: String::new(),
-            key: update.name.key().as_str().to_owned(),
+            key: update.name.as_key().as_str().to_owned(),
             partition: 0,
             offset: 0,
         };
