@@ -138,7 +138,8 @@ impl Publisher {
             // The topic is created by the indexer with its partition count and
             // compaction; a producer that auto-created it would get neither.
             .set("allow.auto.create.topics", "false")
-            .set("linger.ms", linger.as_millis().to_string())
+            // librdkafka takes fractions of a millisecond here.
+            .set("linger.ms", (linger.as_secs_f64() * 1000.0).to_string())
             .set("batch.size", batch_bytes.to_string())
             .set("compression.type", compression.as_librdkafka())
             // With linger doing the batching, Nagle's algorithm only delays each
