@@ -74,8 +74,7 @@ impl Application {
         let state = Arc::new(routes::AppState {
             publisher: publisher::Publisher::new(
                 &config.kafka,
-                config.publish_timeout,
-                config.producer_queue_messages,
+                &publisher::ProducerSettings::from_config(config),
                 metrics.clone(),
             )?,
             index: Arc::new(city_index::CityIndex::new(

@@ -23,8 +23,7 @@ pub fn parse(raw: &str) -> Result<CityName, String> {
     }
     // Every URL parser resolves `.` and `..` path segments away, so
     // `/city/..` can never reach the city: refused rather than written unreadable.
-    let key = name.key();
-    if matches!(key.as_str(), "." | "..") {
+    if matches!(name.as_key().as_str(), "." | "..") {
         return Err("must not be `.` or `..`, which no URL can name".to_owned());
     }
     Ok(name)

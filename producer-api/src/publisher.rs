@@ -14,6 +14,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::config::{Compression, Config};
 use crate::metrics::Metrics;
 use crate::trace_context::{self, TraceParent};
 
@@ -77,6 +78,28 @@ pub struct KafkaStatus {
     pub latency_ms: u64,
 }
 
+/// How the producer batches and bounds its writes.
+#[derive(Debug, Clone, Copy)]
+pub struct ProducerSettings {
+    pub publish_timeout: Duration,
+    pub queue_messages: u32,
+    pub linger: Duration,
+    pub batch_bytes: u32,
+    pub compression: Compression,
+}
+
+impl ProducerSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            publish_timeout: config.publish_timeout,
+            queue_messages: config.producer_queue_messages,
+            linger: config.producer_linger,
+            batch_bytes: config.producer_batch_bytes,
+            compression: config.producer_compression,
+        }
+    }
+}
+
 pub struct Publisher {
     producer: FutureProducer,
     topic: String,
@@ -88,10 +111,16 @@ pub struct Publisher {
 impl Publisher {
     pub fn new(
         kafka: &KafkaArgs,
-        publish_timeout: Duration,
-        queue_messages: u32,
+        settings: &ProducerSettings,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
+        let ProducerSettings {
+            publish_timeout,
+            queue_messages,
+            linger,
+            batch_bytes,
+            compression,
+        } = *settings;
         let timeout_ms = publish_timeout.as_millis().max(1).to_string();
         let producer: FutureProducer = kafka
             .client_config("citypop-producer-api")
@@ -109,7 +138,13 @@ impl Publisher {
             // The topic is created by the indexer with its partition count and
             // compaction; a producer that auto-created it would get neither.
             .set("allow.auto.create.topics", "false")
-            .set("linger.ms", "5")
+            // librdkafka takes fractions of a millisecond here.
+            .set("linger.ms", (linger.as_secs_f64() * 1000.0).to_string())
+            .set("batch.size", batch_bytes.to_string())
+            .set("compression.type", compression.as_librdkafka())
+            // With linger doing the batching, Nagle's algorithm only delays each
+            // batch further, waiting for the acknowledgement of the previous one.
+            .set("socket.nagle.disable", "true")
             .create()
             .context("creating the kafka producer")?;
         Ok(Self {
@@ -141,15 +176,14 @@ impl Publisher {
             Ok(payload) => payload,
             Err(error) => return self.refused(event.event_id, key, error.into()),
         };
-        let trace = trace.to_string();
-        let headers = OwnedHeaders::new()
+        let headers = OwnedHeaders::new_with_capacity(2)
             .insert(Header {
                 key: "content-type",
                 value: Some(event::CONTENT_TYPE),
             })
             .insert(Header {
                 key: trace_context::HEADER,
-                value: Some(&trace),
+                value: Some(trace.as_header()),
             });
         self.enqueue(event.event_id, key, Some(&payload), headers)
     }
@@ -160,8 +194,7 @@ impl Publisher {
     pub fn delete(&self, key: &CityKey, trace: &TraceParent) -> Pending<'_> {
         let event_id = uuid::Uuid::now_v7().to_string();
         let occurred_at = chrono::Utc::now().timestamp_micros().to_string();
-        let trace = trace.to_string();
-        let headers = OwnedHeaders::new()
+        let headers = OwnedHeaders::new_with_capacity(3)
             .insert(Header {
                 key: event::HEADER_EVENT_ID,
                 value: Some(&event_id),
@@ -172,7 +205,7 @@ impl Publisher {
             })
             .insert(Header {
                 key: trace_context::HEADER,
-                value: Some(&trace),
+                value: Some(trace.as_header()),
             });
         self.enqueue(event_id, key.clone(), None, headers)
     }

@@ -21,11 +21,17 @@ const VERSION: u8 = 0;
 /// `sampled`: with no tracer to decide, a started trace asks to be recorded.
 const FLAG_SAMPLED: u8 = 1;
 
+/// Length of a version-00 `traceparent`: 2 + 1 + 32 + 1 + 16 + 1 + 2.
+const HEADER_LEN: usize = 55;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceParent {
     trace_id: [u8; 16],
     parent_id: [u8; 8],
     flags: u8,
+    /// The header this span sends on, formatted once when the span is made: every
+    /// event a request publishes carries it, and a bulk request publishes many.
+    header: [u8; HEADER_LEN],
 }
 
 impl TraceParent {
@@ -37,8 +43,8 @@ impl TraceParent {
         // version "-" trace-id "-" parent-id "-" flags: 2 + 1 + 32 + 1 + 16 + 1 + 2.
         // Checking the fields are ASCII first keeps the slicing below on character
         // boundaries.
-        if bytes.len() < 55
-            || !bytes[..55].is_ascii()
+        if bytes.len() < HEADER_LEN
+            || !bytes[..HEADER_LEN].is_ascii()
             || [2, 35, 52].iter().any(|&i| bytes[i] != b'-')
         {
             return None;
@@ -48,8 +54,8 @@ impl TraceParent {
         // version may append fields after another dash.
         match version {
             0xff => return None,
-            VERSION if bytes.len() != 55 => return None,
-            _ if bytes.len() > 55 && bytes[55] != b'-' => return None,
+            VERSION if bytes.len() != HEADER_LEN => return None,
+            _ if bytes.len() > HEADER_LEN && bytes[HEADER_LEN] != b'-' => return None,
             _ => {}
         }
         let trace_id: [u8; 16] = hex_bytes(&value[3..35])?;
@@ -58,51 +64,51 @@ impl TraceParent {
         if trace_id == [0; 16] || parent_id == [0; 8] {
             return None;
         }
-        Some(Self {
+        Some(Self::new(trace_id, parent_id, flags))
+    }
+
+    fn new(trace_id: [u8; 16], parent_id: [u8; 8], flags: u8) -> Self {
+        let mut header = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        // Each field is written into its exact slot of the template, whose length
+        // is twice the bytes': encoding cannot fail.
+        hex::encode_to_slice([VERSION], &mut header[0..2]).expect("2 hex digits");
+        hex::encode_to_slice(trace_id, &mut header[3..35]).expect("32 hex digits");
+        hex::encode_to_slice(parent_id, &mut header[36..52]).expect("16 hex digits");
+        hex::encode_to_slice([flags], &mut header[53..55]).expect("2 hex digits");
+        Self {
             trace_id,
             parent_id,
             flags,
-        })
+            header,
+        }
     }
 
     /// A new trace, with this request as its root span.
     pub fn start() -> Self {
-        Self {
-            trace_id: nonzero_random(),
-            parent_id: nonzero_random(),
-            flags: FLAG_SAMPLED,
-        }
+        Self::new(nonzero_random(), nonzero_random(), FLAG_SAMPLED)
     }
 
     /// This service's span within the caller's trace.
     pub fn child(&self) -> Self {
-        Self {
-            trace_id: self.trace_id,
-            parent_id: nonzero_random(),
-            flags: self.flags,
-        }
+        Self::new(self.trace_id, nonzero_random(), self.flags)
     }
 
     /// The trace id as 32 lowercase hex digits, for logs.
     pub fn trace_id(&self) -> String {
-        hex(&self.trace_id)
+        self.as_header()[3..35].to_owned()
+    }
+
+    /// The `traceparent` value this span sends on.
+    pub fn as_header(&self) -> &str {
+        // Only ASCII hex digits and dashes are ever written into it.
+        std::str::from_utf8(&self.header).expect("a traceparent is ASCII")
     }
 }
 
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{VERSION:02x}-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.parent_id),
-            self.flags
-        )
+        f.write_str(self.as_header())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Two lowercase hex digits (the specification refuses uppercase).
@@ -219,6 +225,17 @@ mod tests {
         let parsed = TraceParent::parse(future).unwrap();
         assert_eq!(parsed.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(TraceParent::parse(&future[..55]).is_some());
+    }
+
+    #[test]
+    fn the_header_is_formatted_as_the_specification_writes_it() {
+        let span = TraceParent::new([0xab; 16], [0x01; 8], 0x00);
+        assert_eq!(
+            span.as_header(),
+            "00-abababababababababababababababab-0101010101010101-00"
+        );
+        assert_eq!(span.to_string(), span.as_header());
+        assert_eq!(span.trace_id(), "abababababababababababababababab");
     }
 
     #[test]

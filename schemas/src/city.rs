@@ -40,7 +40,12 @@ pub enum CityNameError {
 ///
 /// A valid name always has a valid [`CityKey`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CityName(String);
+pub struct CityName {
+    name: String,
+    /// Derived once at parse: a write needs it for its own checks, the Kafka key
+    /// and the answer, and deriving it allocates several times.
+    key: CityKey,
+}
 
 impl CityName {
     pub fn parse(raw: &str) -> Result<Self, CityNameError> {
@@ -61,21 +66,29 @@ impl CityName {
         if key.len() > MAX_KEY_BYTES {
             return Err(CityNameError::KeyTooLong(key.len()));
         }
-        Ok(Self(name))
+        Ok(Self {
+            name,
+            key: CityKey(key),
+        })
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.name
     }
 
     pub fn key(&self) -> CityKey {
-        CityKey(CityKey::derive(&self.0))
+        self.key.clone()
+    }
+
+    /// The key, borrowed.
+    pub fn as_key(&self) -> &CityKey {
+        &self.key
     }
 }
 
 impl fmt::Display for CityName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.name)
     }
 }
 

@@ -357,8 +357,18 @@ mod tests {
             elasticsearch_ca_file: None,
         };
         Arc::new(AppState {
-            publisher: Publisher::new(&kafka, Duration::from_millis(100), 10, metrics.clone())
-                .unwrap(),
+            publisher: Publisher::new(
+                &kafka,
+                &crate::publisher::ProducerSettings {
+                    publish_timeout: Duration::from_millis(100),
+                    queue_messages: 10,
+                    linger: Duration::from_millis(5),
+                    batch_bytes: 1_000_000,
+                    compression: crate::config::Compression::None,
+                },
+                metrics.clone(),
+            )
+            .unwrap(),
             index: Arc::new(CityIndex::new(&engine, Duration::from_millis(200)).unwrap()),
             version_waits: Arc::default(),
             api_keys: Arc::new(WriteKeys::load(None, None).unwrap()),

@@ -287,3 +287,77 @@ mod tests {
         assert_eq!(put(" ", json!(null)), ["name", ""]);
     }
 }
+
+/// The write path's own per-request work, measured in instructions rather than time
+/// (the machine is shared): run under callgrind, collecting only inside
+/// [`cost::one_post`], and divide by [`cost::POSTS`]:
+///
+/// ```text
+/// cargo test --release -p citypop-producer-api --lib --no-run
+/// valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*cost*one_post*' \
+///     target/release/deps/citypop_producer_api-* --ignored --exact routes::upsert::cost::write_path_cost
+/// ```
+///
+/// The producer points at a closed port, so events stay in its queue: what is
+/// counted is this service's work up to the hand-over to librdkafka, not Kafka's.
+#[cfg(test)]
+mod cost {
+    use std::sync::Arc;
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::Config;
+    use crate::metrics::Metrics;
+    use crate::metrics::RouteLabel;
+    use crate::publisher::{ProducerSettings, Publisher};
+    use crate::trace_context::TraceParent;
+
+    pub const POSTS: usize = 2_000;
+
+    /// What `POST /city` does between hyper and librdkafka, in order.
+    #[inline(never)]
+    fn one_post(publisher: &Publisher, metrics: &Metrics, body: &[u8], traceparent: &str) {
+        let trace = TraceParent::parse(traceparent).map_or_else(TraceParent::start, |p| p.child());
+        let body: Value = serde_json::from_slice(body).expect("valid body");
+        let update = CityUpdate::try_from(&body).expect("valid update");
+        let pending = publisher.update(&update.name, update.population, &trace);
+        assert!(!pending.refused());
+        let accepted = Accepted {
+            event_id: String::new(),
+            key: update.name.as_key().as_str().to_owned(),
+            partition: 0,
+            offset: 0,
+        };
+        metrics.published(0.001);
+        let response = super::super::accepted_response(accepted, true);
+        let route = RouteLabel::Static("/city");
+        metrics.request_answered("POST", route, response.status().as_u16(), 0.001);
+        std::hint::black_box(response);
+    }
+
+    #[test]
+    #[ignore = "a measurement, run under callgrind"]
+    fn write_path_cost() {
+        let config =
+            Config::try_parse_from(["producer-api", "--kafka-bootstrap-servers", "127.0.0.1:1"])
+                .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let publisher = Publisher::new(
+            &config.kafka,
+            &ProducerSettings::from_config(&config),
+            metrics.clone(),
+        )
+        .unwrap();
+        let bodies: Vec<Vec<u8>> = (0..POSTS)
+            .map(|i| {
+                let name = ["São Paulo", "Zürich", "東京", "Paris"][i % 4];
+                format!(r#"{{"name": "{name} {i}", "population": {}}}"#, 1_000 + i).into_bytes()
+            })
+            .collect();
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        for body in &bodies {
+            one_post(&publisher, &metrics, body, traceparent);
+        }
+    }
+}
