@@ -8,6 +8,9 @@
 //! - P4 `GET /city/{name}` vs direct engine GET by id, same concurrency.
 //! - P5 freshness, 202 to visible, at half the measured POST rate.
 //! - P6 peak RSS of producer-api and the indexer.
+//! - P7 (OpenSearch 3 only) the indexer against the engine's own pull-based
+//!   ingestion of the same events, in round-robin and Zipf key order, over
+//!   interleaved rounds: events/s and CPU per event of the engine and the indexer.
 //!
 //! Ratios, not absolute numbers, are the results: shared machines vary.
 
@@ -16,6 +19,7 @@ mod ceiling;
 mod load;
 mod memory;
 mod preload;
+mod pull_ingestion;
 mod report;
 
 use std::path::PathBuf;
@@ -59,6 +63,16 @@ struct Args {
     /// Where results are written.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
+    /// Measures to run, e.g. `P7`; empty: all. P1 to P6 run together. P7 runs by
+    /// default only when the engine is OpenSearch 3 with its pull-based ingestion
+    /// plugin (the stack's CITYPOP_OPENSEARCH_PULL_INGESTION=on); asked for by name
+    /// on another engine, it fails and says so.
+    #[arg(long, value_delimiter = ',')]
+    measures: Vec<String>,
+    /// P7's measured rounds per key order, each one indexer drain then one pull
+    /// ingestion drain, after a discarded warm-up round.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     /// A small, quick run that only keeps the tool working (CI); its numbers mean little.
     #[arg(long)]
     smoke: bool,
@@ -72,6 +86,14 @@ fn main() -> anyhow::Result<()> {
         args.concurrency = 8;
         args.duration = Duration::from_secs(2);
         args.ceiling_concurrency = vec![1, 2];
+        args.repeat = 1;
+    }
+    for measure in &mut args.measures {
+        *measure = measure.trim().to_ascii_uppercase();
+        anyhow::ensure!(
+            MEASURES.contains(&measure.as_str()),
+            "unknown measure {measure}: one of {MEASURES:?}"
+        );
     }
     let bin_dir = args
         .bin_dir
@@ -85,6 +107,9 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(args))
 }
 
+/// The measures `--measures` knows.
+const MEASURES: [&str; 7] = ["P1", "P2", "P3", "P4", "P5", "P6", "P7"];
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let stack = Stack::from_env();
     let names = Names::unique("bench");
@@ -97,13 +122,137 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.bulk_size,
         args.smoke,
     );
+    let wants = |id: &str| args.measures.is_empty() || args.measures.iter().any(|m| m == id);
+    let mut details = serde_json::Map::new();
+    if MEASURES[..6].iter().any(|id| wants(id)) {
+        services(&args, &stack, &names, &http, &mut report, &mut details).await?;
+    }
+    if wants("P7") {
+        let explicit = !args.measures.is_empty();
+        match pull_ingestion::check_engine(&http, &stack.elasticsearch).await {
+            Ok(()) => {
+                let p7 = pull_ingestion_rows(&args, &stack, &names, &http, &mut report).await?;
+                details.insert("P7".into(), p7);
+            }
+            Err(e) if explicit => return Err(e),
+            Err(e) => eprintln!("==> P7 skipped: {e:#}"),
+        }
+    }
+
+    report.details = serde_json::Value::Object(details);
+    let (markdown, json) = report.write(&args.out)?;
+    println!("{}", std::fs::read_to_string(&markdown)?);
+    eprintln!("results: {} and {}", markdown.display(), json.display());
+    Ok(())
+}
+
+/// P7, in round-robin then Zipf key order: one row per target, the figures of
+/// every run in the details.
+async fn pull_ingestion_rows(
+    args: &Args,
+    stack: &Stack,
+    names: &Names,
+    http: &reqwest::Client,
+    report: &mut Report,
+) -> anyhow::Result<serde_json::Value> {
+    use pull_ingestion::{Comparison, KeyOrder, Spread};
+    let settings = pull_ingestion::Settings {
+        events: args.events,
+        cities: args.cities,
+        bulk_size: args.bulk_size,
+        repeat: args.repeat.max(1),
+        warm_up: !args.smoke,
+    };
+    let mut runs = Vec::new();
+    for order in [KeyOrder::RoundRobin, KeyOrder::Zipf] {
+        eprintln!(
+            "==> P7 {}: indexer vs pull ingestion, {} rounds interleaved",
+            order.label(),
+            settings.repeat
+        );
+        let c: Comparison =
+            pull_ingestion::compare(stack, http, &names.rebuild("p7"), order, &settings).await?;
+        let rate =
+            |runs: &[pull_ingestion::Drain]| Spread::of(runs.iter().map(|d| d.events_per_second));
+        let total = |runs: &[pull_ingestion::Drain]| {
+            Spread::of(runs.iter().map(|d| d.total_cpu_us_per_event()))
+        };
+        let engine = |runs: &[pull_ingestion::Drain]| {
+            Spread::of(runs.iter().map(|d| d.engine_cpu_us_per_event))
+        };
+        let own = Spread::of(c.indexer.iter().filter_map(|d| d.indexer_cpu_us_per_event));
+        let (ours, theirs) = (rate(&c.indexer), rate(&c.pull));
+        let note = format!(
+            "medians (min–max) over {} rounds, {} partitions; indexer (index of {} shard(s)): {} events/s, \
+             engine {} + indexer {} = {} µs/event; pull ingestion ({} shards): {} events/s, engine {} µs/event",
+            c.indexer.len(),
+            c.partitions,
+            c.indexer_shards,
+            ours.show(0),
+            engine(&c.indexer).show(1),
+            own.show(1),
+            total(&c.indexer).show(1),
+            c.partitions,
+            theirs.show(0),
+            engine(&c.pull).show(1),
+        );
+        let (throughput_target, measure) = match order {
+            KeyOrder::RoundRobin => (1.0, "indexer drain, round-robin keys (events/s)"),
+            KeyOrder::Zipf => (2.0, "indexer drain, Zipf keys (events/s)"),
+        };
+        report.push(
+            Row::ratio(
+                "P7",
+                measure,
+                ours.median,
+                theirs.median,
+                "pull ingestion (events/s)",
+                throughput_target,
+            )
+            .with_note(note),
+        );
+        let cpu_measure = match order {
+            KeyOrder::RoundRobin => "total CPU per event, round-robin keys (µs)",
+            KeyOrder::Zipf => "total CPU per event, Zipf keys (µs)",
+        };
+        let cpu = Row::ratio_at_most(
+            "P7",
+            cpu_measure,
+            total(&c.indexer).median,
+            total(&c.pull).median,
+            "pull ingestion (µs)",
+            1.0,
+        );
+        // Issue 20 sets a CPU target for round-robin keys only; Zipf's is shown.
+        report.push(match order {
+            KeyOrder::RoundRobin => cpu,
+            KeyOrder::Zipf => Row {
+                target: "—".into(),
+                met: true,
+                ..cpu
+            },
+        });
+        runs.push(c);
+    }
+    Ok(serde_json::to_value(runs)?)
+}
+
+/// P1 to P6: the services against the engine's own ceilings.
+async fn services(
+    args: &Args,
+    stack: &Stack,
+    names: &Names,
+    http: &reqwest::Client,
+    report: &mut Report,
+    details: &mut serde_json::Map<String, serde_json::Value>,
+) -> anyhow::Result<()> {
     let quiet = [("CITYPOP_LOG", "warn".to_owned())];
 
     eprintln!(
         "==> setup and preload: {} events over {} cities",
         args.events, args.cities
     );
-    run_indexer_command(&stack, &names, &["setup"], &quiet, Duration::from_secs(120)).await;
+    run_indexer_command(stack, names, &["setup"], &quiet, Duration::from_secs(120)).await;
     let preloaded = preload::preload(&stack.kafka, &names.topic, args.events, args.cities).await?;
     eprintln!("    preloaded in {:.1} s", preloaded.seconds);
 
@@ -115,7 +264,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for &concurrency in &args.ceiling_concurrency {
         let index = format!("{}-ceiling-{concurrency}", names.alias);
         let rate = ceiling::raw_bulk(
-            &http,
+            http,
             &stack.elasticsearch,
             &index,
             &preloaded.final_documents,
@@ -133,8 +282,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ("CITYPOP_COMMIT_INTERVAL", "200ms".to_owned()),
         ("CITYPOP_LOG", "warn".to_owned()),
     ];
-    let indexer = spawn_indexer_with(&stack, &names, &settings, Readiness::Ready).await;
-    let drain = drain_rate(&stack, &names, &indexer, args.events).await?;
+    let indexer = spawn_indexer_with(stack, names, &settings, Readiness::Ready).await;
+    let drain = drain_rate(stack, names, &indexer, args.events).await?;
     eprintln!("    {drain:.0} events/s");
     report.push(Row::ratio(
         "P1",
@@ -147,8 +296,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     eprintln!("==> P2: indexer replay of the same topic");
     let output = run_indexer_command(
-        &stack,
-        &names,
+        stack,
+        names,
         &["replay", "--json"],
         &settings,
         Duration::from_secs(3600),
@@ -167,7 +316,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         0.9,
     ));
 
-    let api = spawn_producer_api(&stack, &names).await;
+    let api = spawn_producer_api(stack, names).await;
     eprintln!("==> P3: POST /city at concurrency {}", args.concurrency);
     let posts = api::post(&api.base_url, args.cities, args.concurrency, args.duration).await;
     let puts = ceiling::direct_put(
@@ -260,10 +409,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         128.0,
     ));
 
-    report.details = serde_json::json!({"preload_seconds": preloaded.seconds, "replay": summary, "post": posts, "direct_put": puts, "get": gets, "direct_get": direct_gets, "freshness": fresh});
-    let (markdown, json) = report.write(&args.out)?;
-    println!("{}", std::fs::read_to_string(&markdown)?);
-    eprintln!("results: {} and {}", markdown.display(), json.display());
+    let services = serde_json::json!({"preload_seconds": preloaded.seconds, "replay": summary, "post": posts, "direct_put": puts, "get": gets, "direct_get": direct_gets, "freshness": fresh});
+    if let serde_json::Value::Object(services) = services {
+        details.extend(services);
+    }
     Ok(())
 }
 

@@ -44,6 +44,23 @@ impl Row {
         }
     }
 
+    /// `value / reference` must not exceed `target` (a cost against another's).
+    pub fn ratio_at_most(
+        id: &'static str,
+        measure: &str,
+        value: f64,
+        reference: f64,
+        reference_name: &str,
+        target: f64,
+    ) -> Self {
+        let ratio = value / reference.max(1e-9);
+        Self {
+            target: format!("ratio ≤ {target}"),
+            met: ratio <= target,
+            ..Self::ratio(id, measure, value, reference, reference_name, target)
+        }
+    }
+
     /// `value` must not exceed `limit`.
     pub fn at_most(id: &'static str, measure: &str, value: f64, limit: f64) -> Self {
         Self {

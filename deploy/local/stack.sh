@@ -283,7 +283,7 @@ cmd_clean() {
 
 cmd_status() {
   resolve_stack_dir
-  local ok=0 pid port conf health name security scheme
+  local ok=0 pid port conf health name security scheme pull
   pid=$(running_pid kafka)
   conf=$(running_conf kafka)
   port=$(conf_value "$conf" port); port=${port:-$KAFKA_PORT}
@@ -310,6 +310,10 @@ cmd_status() {
     # A stack that runs another engine than the one asked for does not serve the caller.
     if [ "$name" != "$ENGINE $ENGINE_VERSION" ] || [ "$security" != "$ENGINE_SECURITY" ]; then
       echo "               but $ENGINE $ENGINE_VERSION (security $ENGINE_SECURITY) was asked for"; ok=1
+    fi
+    pull=$(conf_value "$conf" pull_ingestion)
+    if [ "${pull:-off}" != "$PULL_INGESTION" ]; then
+      echo "               but pull-based ingestion ${PULL_INGESTION} was asked for (it is ${pull:-off})"; ok=1
     fi
   fi
   echo "stack dir:     $STACK_DIR"
