@@ -355,7 +355,7 @@ async fn fill(
 }
 
 /// The indexer drains the Avro topic into a fresh index (its default shard count),
-/// timed from its first consumed event until its group has committed everything.
+/// timed from its process start until its group has committed everything.
 /// Returns the drain and the index's shard count.
 async fn indexer_drain(
     stack: &Stack,
@@ -370,26 +370,17 @@ async fn indexer_drain(
         ("CITYPOP_COMMIT_INTERVAL", "200ms".to_owned()),
         ("CITYPOP_LOG", "warn".to_owned()),
     ];
-    let indexer = spawn_indexer_with(stack, names, &env, Readiness::Ready).await;
     let kafka = Kafka::connect(&stack.kafka);
     let ends: std::collections::BTreeMap<i32, i64> = kafka
         .end_offsets(&names.topic)
         .into_iter()
         .filter(|(_, end)| *end > 0)
         .collect();
-    let waiting = Instant::now();
-    while indexer
-        .metric("citypop_indexer_events_consumed_total")
-        .await
-        == 0.0
-    {
-        ensure!(
-            waiting.elapsed() < DRAIN_TIMEOUT,
-            "the indexer consumed nothing"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let start = Sample::take(engine_pid, Some(indexer.pid()))?;
+    // Timed from the start of the process, as pull ingestion is from the creation of
+    // its index: both then pay for creating the index and starting their consumers.
+    let mut start = Sample::take(engine_pid, None)?;
+    start.indexer = Some(Duration::ZERO);
+    let indexer = spawn_indexer_with(stack, names, &env, Readiness::Ready).await;
     while kafka.committed(&names.group, &names.topic) != ends {
         ensure!(
             start.at.elapsed() < DRAIN_TIMEOUT,
@@ -409,7 +400,7 @@ async fn indexer_drain(
 
 /// Pull ingestion drains the JSON topic into a new index with the same mappings,
 /// one shard per partition and segment replication (what the plugin requires),
-/// timed from the moment its shards have started until every message is processed.
+/// timed from the create request until every message is processed.
 #[allow(clippy::too_many_arguments)]
 async fn pull_drain(
     http: &reqwest::Client,
@@ -438,6 +429,11 @@ async fn pull_drain(
         },
         "mappings": document::mappings(),
     });
+    // Timed from the create request: it returns only once the shards have started,
+    // and with a backlog that took the whole drain here (the first stats answer
+    // after it showed all 200,000 events processed). The indexer is timed from its
+    // process start alike.
+    let start = Sample::take(engine_pid, None)?;
     let response = http
         .put(format!("{engine}/{index}"))
         .json(&body)
@@ -450,12 +446,6 @@ async fn pull_drain(
             response.text().await.unwrap_or_default()
         );
     }
-    // The clock starts once the index's shards have started (the create call waits
-    // for that), so index creation is not timed, as the indexer's start-up is not;
-    // the plugin's consumers start with the shards and are timed. Waiting for the
-    // first polled message instead does not work: here the first stats answer that
-    // showed any polled message already showed all 200,000 events processed.
-    let start = Sample::take(engine_pid, None)?;
     loop {
         let counts = pull_counts(http, engine, index).await?;
         ensure!(
