@@ -13,24 +13,16 @@ use serde_json::{Value, json};
 use crate::load::{LoadResult, closed_loop, get_cities};
 use crate::preload::city_name;
 
-/// A raw `_bulk` loader: the final documents, in bulks of `bulk_size`, versioned as
-/// the indexer versions them, `concurrency` requests in flight. Bodies are built
-/// before the clock starts, so the ceiling is the engine's alone.
-pub async fn raw_bulk(
-    http: &reqwest::Client,
-    engine: &str,
-    index: &str,
-    documents: &[CityDocument],
-    bulk_size: usize,
-    concurrency: usize,
-) -> anyhow::Result<f64> {
-    http.put(format!("{engine}/{index}"))
-        .json(&json!({"settings": {"number_of_replicas": 0}}))
-        .send()
-        .await?
-        .error_for_status()?;
-    let bodies: Vec<Bytes> = documents
-        .chunks(bulk_size)
+/// The parts of each item's answer the indexer asks `_bulk` for (its
+/// `filter_path`), so the engine serialises as much for the ceiling as for it.
+const BULK_FILTER_PATH: &str = "items.*.status,items.*.result,items.*.error";
+
+/// `documents` as `_bulk` bodies of `bulk_size` `index` actions each, carrying the
+/// Kafka offset as external version as the indexer's do. Built once, before any
+/// clock starts, and reused by every round.
+pub fn bulk_bodies(documents: &[CityDocument], bulk_size: usize) -> Vec<Bytes> {
+    documents
+        .chunks(bulk_size.max(1))
         .map(|chunk| {
             let mut body = Vec::new();
             for doc in chunk {
@@ -42,12 +34,26 @@ pub async fn raw_bulk(
             }
             Bytes::from(body)
         })
-        .collect();
+        .collect()
+}
+
+/// A raw `_bulk` loader: `bodies` to `target` (an index or an alias), in order,
+/// `concurrency` requests in flight. A version conflict counts as done, as it does
+/// for the indexer: two bulks in flight may carry the same city, and the newer
+/// version is already in. Returns the elapsed seconds.
+pub async fn raw_bulk(
+    http: &reqwest::Client,
+    engine: &str,
+    target: &str,
+    bodies: &[Bytes],
+    concurrency: usize,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let results: Vec<anyhow::Result<()>> = futures::stream::iter(bodies)
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(bodies.iter().cloned())
         .map(|body| async move {
             let response: Value = http
-                .post(format!("{engine}/{index}/_bulk"))
+                .post(format!("{engine}/{target}/_bulk"))
+                .query(&[("filter_path", BULK_FILTER_PATH)])
                 .header("content-type", "application/x-ndjson")
                 .body(body)
                 .send()
@@ -55,25 +61,35 @@ pub async fn raw_bulk(
                 .error_for_status()?
                 .json()
                 .await?;
+            let items = response["items"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let failed = items.iter().find(|item| {
+                let status = item["index"]["status"].as_u64().unwrap_or_default();
+                !(200..300).contains(&status) && status != 409
+            });
             anyhow::ensure!(
-                response["errors"] == false,
-                "bulk errors: {}",
-                truncate(&response.to_string())
+                failed.is_none(),
+                "bulk item failed: {}",
+                truncate(&failed.map(Value::to_string).unwrap_or_default())
             );
             Ok(())
         })
-        .buffer_unordered(concurrency)
+        .buffered(concurrency.max(1))
         .collect()
         .await;
     let seconds = started.elapsed().as_secs_f64();
     for result in results {
         result?;
     }
-    Ok(documents.len() as f64 / seconds)
+    Ok(seconds)
 }
 
 fn truncate(text: &str) -> &str {
-    &text[..text.len().min(500)]
+    text.char_indices()
+        .nth(500)
+        .map_or(text, |(i, _)| &text[..i])
 }
 
 /// Single-document writes straight to the engine, one request per update: the

@@ -21,16 +21,17 @@ use citypop_schemas::event::{self, CityPopulationUpdated, Codec};
 use citypop_tests::kafka::Kafka;
 use citypop_tests::{Names, Readiness, Stack, spawn_indexer_with};
 use futures::StreamExt;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand_distr::Distribution;
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::preload::city_name;
+use crate::measures::{Bench, Record};
+use crate::preload::{Order, city_name};
+use crate::report::{
+    CPU_CEILING, CPU_CITYPOP, CPU_ENGINE, CPU_TOTAL, Sample as ReportSample, Target,
+};
 
 /// Sends in flight at once while filling the two topics.
 const IN_FLIGHT: usize = 10_000;
@@ -41,56 +42,6 @@ const POLL: Duration = Duration::from_millis(100);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Final documents checked, by id, version and population, after each run.
 const SAMPLE: usize = 200;
-/// The exponent of the Zipf key order: s ≈ 1.1, as in issue 20's targets.
-const ZIPF_EXPONENT: f64 = 1.1;
-
-/// The order in which events name their cities.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum KeyOrder {
-    /// City `i % cities` for event `i`: every city once per round, so coalescing in
-    /// a batch buys nothing.
-    RoundRobin,
-    /// Cities drawn from a Zipf distribution: a few cities take most updates, as
-    /// real traffic does, and coalescing writes each once per batch.
-    Zipf,
-}
-
-impl KeyOrder {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::RoundRobin => "round-robin",
-            Self::Zipf => "zipf",
-        }
-    }
-
-    /// The city index of every event, the same for every run with these arguments.
-    fn cities(self, events: usize, cities: usize) -> anyhow::Result<Vec<usize>> {
-        Ok(match self {
-            Self::RoundRobin => (0..events).map(|i| i % cities).collect(),
-            Self::Zipf => {
-                let zipf = rand_distr::Zipf::new(cities as f64, ZIPF_EXPONENT)
-                    .context("a Zipf distribution over the cities")?;
-                let mut rng = StdRng::seed_from_u64(20);
-                (0..events)
-                    // Draws are 1..=cities.
-                    .map(|_| (zipf.sample(&mut rng) as usize).saturating_sub(1))
-                    .collect()
-            }
-        })
-    }
-}
-
-/// What P7 needs from the rest of the bench.
-pub struct Settings {
-    pub events: usize,
-    pub cities: usize,
-    pub bulk_size: usize,
-    /// Measured rounds (one indexer run and one pull run each).
-    pub repeat: usize,
-    /// Discard one round first: a cold engine alone moves a drain by up to 2×.
-    pub warm_up: bool,
-}
 
 /// One drain.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -105,16 +56,6 @@ impl Drain {
     pub fn total_cpu_us_per_event(&self) -> f64 {
         self.engine_cpu_us_per_event + self.indexer_cpu_us_per_event.unwrap_or(0.0)
     }
-}
-
-/// Every measured run of one key order.
-#[derive(Debug, Serialize)]
-pub struct Comparison {
-    pub order: KeyOrder,
-    pub partitions: usize,
-    pub indexer_shards: usize,
-    pub indexer: Vec<Drain>,
-    pub pull: Vec<Drain>,
 }
 
 /// Fails unless the engine is OpenSearch 3 or newer with the plugin loaded, and
@@ -157,85 +98,132 @@ pub async fn check_engine(http: &reqwest::Client, engine: &str) -> anyhow::Resul
     Ok(())
 }
 
-/// Fills the Avro topic (created by the indexer's `setup`, as in production) and
-/// its JSON twin, then runs `settings.repeat` interleaved rounds.
-pub async fn compare(
-    stack: &Stack,
-    http: &reqwest::Client,
-    base: &Names,
-    order: KeyOrder,
-    settings: &Settings,
-) -> anyhow::Result<Comparison> {
-    let avro = base.rebuild(order.label());
-    let json_topic = format!("{}-pull-json", avro.topic);
-    citypop_tests::run_indexer_command(
-        stack,
-        &avro,
-        &["setup"],
-        &[("CITYPOP_LOG", "warn".to_owned())],
-        Duration::from_secs(120),
-    )
-    .await;
-    let kafka = Kafka::connect(&stack.kafka);
-    let partitions = kafka.end_offsets(&avro.topic).len();
-    ensure!(partitions > 0, "indexer setup left no topic {}", avro.topic);
-    kafka.create_topic(&json_topic, partitions as i32).await;
+/// One order's two topics: Avro for the indexer (created by its `setup`, as in
+/// production) and the plugin's JSON, message for message at the same offsets.
+pub struct Twins {
+    avro: Names,
+    json_topic: String,
+    partitions: usize,
+    /// The final document of every city.
+    expected: HashMap<String, CityDocument>,
+}
 
-    eprintln!(
-        "    filling {} (Avro) and {json_topic} (JSON), {} events, {} partitions",
-        avro.topic, settings.events, partitions
-    );
-    let cities = order.cities(settings.events, settings.cities)?;
-    let expected = fill(&stack.kafka, &avro.topic, &json_topic, &cities).await?;
-    let engine_pid = engine_pid(http, &stack.elasticsearch).await?;
-
-    let mut comparison = Comparison {
-        order,
-        partitions,
-        indexer_shards: 0,
-        indexer: Vec::new(),
-        pull: Vec::new(),
-    };
-    let rounds = settings.repeat + usize::from(settings.warm_up);
-    for round in 0..rounds {
-        let label = if settings.warm_up && round == 0 {
-            "warm-up".to_owned()
-        } else {
-            format!("round {}", round + 1 - usize::from(settings.warm_up))
-        };
-        let names = avro.rebuild(&format!("run{round}"));
-        let (indexer, shards) = indexer_drain(stack, http, &names, settings, &expected, engine_pid)
-            .await
-            .with_context(|| format!("P7 {} indexer {label}", order.label()))?;
-        eprintln!("    {label} indexer: {}", describe(&indexer));
-        let index = format!("{}-pull", names.alias);
-        let pull = pull_drain(
-            http,
-            &stack.elasticsearch,
-            &stack.kafka,
-            &index,
-            &json_topic,
+impl Twins {
+    async fn fill(bench: &Bench, order: Order) -> anyhow::Result<Self> {
+        let stack = &bench.stack;
+        let avro = Names::unique(&format!("bench-p7-{}", order.name()));
+        let json_topic = format!("{}-pull-json", avro.topic);
+        citypop_tests::run_indexer_command(
+            stack,
+            &avro,
+            &["setup"],
+            &[("CITYPOP_LOG", "warn".to_owned())],
+            Duration::from_secs(120),
+        )
+        .await;
+        let kafka = Kafka::connect(&stack.kafka);
+        let partitions = kafka.end_offsets(&avro.topic).len();
+        ensure!(partitions > 0, "indexer setup left no topic {}", avro.topic);
+        kafka.create_topic(&json_topic, partitions as i32).await;
+        // The empty first index `indexer setup` made.
+        let first = only_index_behind(&bench.http, &stack.elasticsearch, &avro.alias).await?;
+        delete_index(&bench.http, &stack.elasticsearch, &first).await?;
+        eprintln!(
+            "    P7 filling {} (Avro) and {json_topic} (JSON), {} events, {} partitions",
+            avro.topic, bench.args.events, partitions
+        );
+        let cities = order.cities(bench.args.events, bench.args.cities, bench.args.seed)?;
+        let expected = fill(&stack.kafka, &avro.topic, &json_topic, &cities).await?;
+        Ok(Self {
+            avro,
+            json_topic,
             partitions,
-            settings.events,
-            &expected,
+            expected,
+        })
+    }
+
+    pub async fn delete(self, stack: &Stack) {
+        let kafka = Kafka::connect(&stack.kafka);
+        kafka.delete_topic(&self.json_topic).await;
+        kafka.delete_topic(&self.avro.topic).await;
+    }
+}
+
+/// One round of P7, per key order: one indexer drain, then one pull drain.
+pub async fn p7(bench: &mut Bench) -> anyhow::Result<Vec<Record>> {
+    check_engine(&bench.http, &bench.stack.elasticsearch).await?;
+    let engine_pid = bench
+        .engine_pid
+        .context("P7 needs the engine's pid (its CPU per event)")?;
+    let mut records = Vec::new();
+    for order in bench.args.order.clone() {
+        if !bench.pull_twins.contains_key(&order) {
+            let twins = Twins::fill(bench, order).await?;
+            bench.pull_twins.insert(order, twins);
+        }
+        let twins = &bench.pull_twins[&order];
+        let events = bench.args.events;
+        eprintln!("==> P7 ({}): indexer, then pull ingestion", order.name());
+        let names = twins.avro.rebuild(&format!(
+            "run{}",
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        ));
+        let (indexer, shards) = indexer_drain(bench, &names, &twins.expected, engine_pid)
+            .await
+            .with_context(|| format!("P7 {} indexer", order.name()))?;
+        eprintln!("    indexer: {}", describe(&indexer));
+        let pull = pull_drain(
+            &bench.http,
+            &bench.stack,
+            &format!("{}-pull", names.alias),
+            &twins.json_topic,
+            twins.partitions,
+            events,
+            &twins.expected,
             engine_pid,
         )
         .await
-        .with_context(|| format!("P7 {} pull ingestion {label}", order.label()))?;
-        eprintln!("    {label} pull:    {}", describe(&pull));
-        if settings.warm_up && round == 0 {
-            continue;
-        }
-        comparison.indexer_shards = shards;
-        comparison.indexer.push(indexer);
-        comparison.pull.push(pull);
+        .with_context(|| format!("P7 {} pull ingestion", order.name()))?;
+        eprintln!("    pull:    {}", describe(&pull));
+        let (rate_target, cpu_target) = match order {
+            Order::RoundRobin => (Target::RatioAtLeast(1.0), Target::RatioAtMost(1.0)),
+            Order::Zipf => (Target::RatioAtLeast(2.0), Target::None),
+            Order::Random => (Target::None, Target::None),
+        };
+        let note = format!(
+            "{} partitions; pull ingestion: one shard per partition; indexer: its default, {shards} shard(s)",
+            twins.partitions
+        );
+        records.push(
+            Record::new(
+                "P7",
+                format!(
+                    "indexer drain vs pull ingestion, {} (events/s)",
+                    order.name()
+                ),
+                rate_target,
+                ReportSample::new(indexer.events_per_second)
+                    .ceiling(pull.events_per_second)
+                    .extra(CPU_ENGINE, Some(indexer.engine_cpu_us_per_event))
+                    .extra(CPU_CITYPOP, indexer.indexer_cpu_us_per_event)
+                    .extra(CPU_TOTAL, Some(indexer.total_cpu_us_per_event()))
+                    .extra(CPU_CEILING, Some(pull.engine_cpu_us_per_event))
+                    .note(note),
+            )
+            .against("pull ingestion (events/s)"),
+        );
+        records.push(
+            Record::new(
+                "P7",
+                format!("total CPU per event, {} (µs)", order.name()),
+                cpu_target,
+                ReportSample::new(indexer.total_cpu_us_per_event())
+                    .ceiling(pull.total_cpu_us_per_event()),
+            )
+            .against("pull ingestion (µs)"),
+        );
     }
-    kafka.delete_topic(&json_topic).await;
-    kafka.delete_topic(&avro.topic).await;
-    // The empty first index `indexer setup` made.
-    let first = only_index_behind(http, &stack.elasticsearch, &avro.alias).await?;
-    delete_index(http, &stack.elasticsearch, &first).await?;
-    Ok(comparison)
+    Ok(records)
 }
 
 fn describe(drain: &Drain) -> String {
@@ -358,18 +346,13 @@ async fn fill(
 /// timed from its process start until its group has committed everything.
 /// Returns the drain and the index's shard count.
 async fn indexer_drain(
-    stack: &Stack,
-    http: &reqwest::Client,
+    bench: &Bench,
     names: &Names,
-    settings: &Settings,
     expected: &HashMap<String, CityDocument>,
     engine_pid: u32,
 ) -> anyhow::Result<(Drain, usize)> {
-    let env = [
-        ("CITYPOP_BULK_MAX_DOCUMENTS", settings.bulk_size.to_string()),
-        ("CITYPOP_COMMIT_INTERVAL", "200ms".to_owned()),
-        ("CITYPOP_LOG", "warn".to_owned()),
-    ];
+    let (stack, http, events) = (&bench.stack, &bench.http, bench.args.events);
+    let env = bench.indexer_settings();
     let kafka = Kafka::connect(&stack.kafka);
     let ends: std::collections::BTreeMap<i32, i64> = kafka
         .end_offsets(&names.topic)
@@ -378,7 +361,7 @@ async fn indexer_drain(
         .collect();
     // Timed from the start of the process, as pull ingestion is from the creation of
     // its index: both then pay for creating the index and starting their consumers.
-    let mut start = Sample::take(engine_pid, None)?;
+    let mut start = CpuAt::take(engine_pid, None)?;
     start.indexer = Some(Duration::ZERO);
     let indexer = spawn_indexer_with(stack, names, &env, Readiness::Ready).await;
     while kafka.committed(&names.group, &names.topic) != ends {
@@ -388,9 +371,9 @@ async fn indexer_drain(
         );
         tokio::time::sleep(POLL).await;
     }
-    let end = Sample::take(engine_pid, Some(indexer.pid()))?;
+    let end = CpuAt::take(engine_pid, Some(indexer.pid()))?;
     indexer.terminate().await;
-    let drain = start.drain(&end, settings.events);
+    let drain = start.drain(&end, events);
 
     let index = only_index_behind(http, &stack.elasticsearch, &names.alias).await?;
     let shards = verify(http, &stack.elasticsearch, &index, expected).await?;
@@ -404,8 +387,7 @@ async fn indexer_drain(
 #[allow(clippy::too_many_arguments)]
 async fn pull_drain(
     http: &reqwest::Client,
-    engine: &str,
-    bootstrap: &str,
+    stack: &Stack,
     index: &str,
     topic: &str,
     partitions: usize,
@@ -413,6 +395,7 @@ async fn pull_drain(
     expected: &HashMap<String, CityDocument>,
     engine_pid: u32,
 ) -> anyhow::Result<Drain> {
+    let (engine, bootstrap) = (stack.elasticsearch.as_str(), stack.kafka.as_str());
     let body = json!({
         "settings": {
             "index": {
@@ -433,7 +416,7 @@ async fn pull_drain(
     // and with a backlog that took the whole drain here (the first stats answer
     // after it showed all 200,000 events processed). The indexer is timed from its
     // process start alike.
-    let start = Sample::take(engine_pid, None)?;
+    let start = CpuAt::take(engine_pid, None)?;
     let response = http
         .put(format!("{engine}/{index}"))
         .json(&body)
@@ -461,7 +444,7 @@ async fn pull_drain(
         );
         tokio::time::sleep(POLL).await;
     }
-    let end = Sample::take(engine_pid, None)?;
+    let end = CpuAt::take(engine_pid, None)?;
     let drain = start.drain(&end, events);
     verify(http, engine, index, expected).await?;
     delete_index(http, engine, index).await?;
@@ -611,33 +594,14 @@ async fn delete_index(http: &reqwest::Client, engine: &str, index: &str) -> anyh
     Ok(())
 }
 
-/// The engine's OS pid, as the node reports it (the bench runs beside it).
-async fn engine_pid(http: &reqwest::Client, engine: &str) -> anyhow::Result<u32> {
-    let nodes: Value = http
-        .get(format!(
-            "{engine}/_nodes/_local/process?filter_path=nodes.*.process.id"
-        ))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    nodes["nodes"]
-        .as_object()
-        .and_then(|nodes| nodes.values().next())
-        .and_then(|node| node["process"]["id"].as_u64())
-        .and_then(|pid| u32::try_from(pid).ok())
-        .context("the engine's process id (_nodes/_local/process)")
-}
-
 /// CPU time of the engine (and the indexer) at one instant.
-struct Sample {
+struct CpuAt {
     at: Instant,
     engine: Duration,
     indexer: Option<Duration>,
 }
 
-impl Sample {
+impl CpuAt {
     fn take(engine_pid: u32, indexer_pid: Option<u32>) -> anyhow::Result<Self> {
         Ok(Self {
             at: Instant::now(),
@@ -659,91 +623,7 @@ impl Sample {
     }
 }
 
-/// User plus system CPU time of a process, all its threads, from `/proc/<pid>/stat`.
 fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // The command name may hold spaces and parentheses: fields count from the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // utime and stime are fields 14 and 15 of proc(5); `fields` starts at field 3.
-    let ticks = |n: usize| -> anyhow::Result<u64> {
-        fields
-            .get(n - 3)
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("field {n} of /proc/{pid}/stat"))
-    };
-    let ticks = ticks(14)? + ticks(15)?;
-    Ok(Duration::from_secs_f64(
-        ticks as f64 / CLOCK_TICKS_PER_SECOND,
-    ))
-}
-
-/// `sysconf(_SC_CLK_TCK)`: 100 on every Linux architecture the bench runs on (the
-/// kernel's USER_HZ, fixed by its ABI).
-const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
-
-/// Median and spread (min–max) of one figure over the runs.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Spread {
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-}
-
-impl Spread {
-    pub fn of(values: impl IntoIterator<Item = f64>) -> Self {
-        let mut values: Vec<f64> = values.into_iter().collect();
-        values.sort_by(f64::total_cmp);
-        let n = values.len();
-        let median = match n {
-            0 => f64::NAN,
-            _ if n % 2 == 1 => values[n / 2],
-            _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-        };
-        Self {
-            median,
-            min: values.first().copied().unwrap_or(f64::NAN),
-            max: values.last().copied().unwrap_or(f64::NAN),
-        }
-    }
-
-    pub fn show(&self, decimals: usize) -> String {
-        format!(
-            "{:.*} ({:.*}–{:.*})",
-            decimals, self.median, decimals, self.min, decimals, self.max
-        )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn spread_takes_the_middle_value_or_the_mean_of_the_two() {
-        let odd = Spread::of([3.0, 1.0, 2.0]);
-        assert_eq!((odd.median, odd.min, odd.max), (2.0, 1.0, 3.0));
-        assert_eq!(Spread::of([4.0, 1.0, 2.0, 3.0]).median, 2.5);
-    }
-
-    #[test]
-    fn zipf_order_stays_within_the_cities_and_favours_the_first() {
-        let cities = KeyOrder::Zipf.cities(10_000, 100).unwrap();
-        assert!(cities.iter().all(|&c| c < 100));
-        let first = cities.iter().filter(|&&c| c == 0).count();
-        let last = cities.iter().filter(|&&c| c == 99).count();
-        assert!(first > 10 * last.max(1), "first {first}, last {last}");
-        assert_eq!(cities, KeyOrder::Zipf.cities(10_000, 100).unwrap());
-    }
-
-    #[test]
-    fn cpu_time_reads_this_process() {
-        let spent = cpu_time(std::process::id()).unwrap();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_millis(50) {}
-        assert!(cpu_time(std::process::id()).unwrap() > spent);
-    }
+    crate::cpu::cpu_time(pid)
+        .with_context(|| format!("the CPU time of process {pid} (/proc/{pid}/stat)"))
 }

@@ -33,7 +33,13 @@ if [[ -z $ready ]]; then
     started=yes
   fi
 fi
-export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:${CITYPOP_KAFKA_PORT:-9092}"
-export ELASTICSEARCH_URL="http://127.0.0.1:${CITYPOP_ENGINE_PORT:-9200}"
+# NAME=value lines (Kafka's listeners, the engine's URL, ENGINE_NAME, ...), as
+# deploy/local/test.sh reads them: the same stack settings reach the same ports.
+while IFS='=' read -r name value; do export "$name=$value"; done < <("$stack" env)
+# With the plugin, P7 joins the default measures (unless BENCH_ARGS chooses them).
+measures=()
+if [[ ${CITYPOP_OPENSEARCH_PULL_INGESTION:-off} == on && " ${BENCH_ARGS:-}" != *" --measures"* ]]; then
+  measures=(--measures "P1,P2,P3,P4,P5,P6,P7")
+fi
 # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
-target/release/citypop-bench --bin-dir target/release ${BENCH_ARGS:-}
+target/release/citypop-bench --bin-dir target/release "${measures[@]}" ${BENCH_ARGS:-}

@@ -5,8 +5,11 @@ exists: `make bench` printed "'bench' is up to date" and did nothing, because
 `bench/` holds the benchmark's source.
 """
 
+import os
 import re
 import subprocess
+
+import pytest
 
 from conftest import ROOT
 
@@ -53,3 +56,20 @@ def test_help_lists_every_target():
     )
     listed = set(re.findall(r"make ([a-z-]+)", result.stdout))
     assert listed == set(targets()), result.stdout
+
+
+@pytest.mark.parametrize("target", targets())
+def test_every_target_has_a_recipe_that_can_run(target):
+    # What a new user sees first: `make -n` prints the recipe instead of "up to
+    # date" or "Nothing to be done", and every script it calls is there and
+    # executable in a fresh clone.
+    result = subprocess.run(
+        ["make", "-n", target], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    output = result.stdout + result.stderr
+    assert "up to date" not in output and "Nothing to be done" not in output, output
+    assert result.stdout.strip(), f"make {target} has an empty recipe"
+    for script in re.findall(r"(?:^|\s)((?:deploy|bench|tests)/[\w./-]+\.(?:sh|py))", result.stdout):
+        path = ROOT / script
+        assert path.is_file(), f"make {target} calls {script}, which does not exist"
+        assert os.access(path, os.X_OK), f"make {target} calls {script}, which is not executable"
