@@ -13,6 +13,9 @@
 //!   by id, same concurrency.
 //! - P5 freshness, 202 to visible, at half the measured POST rate.
 //! - P6 peak RSS of producer-api and the indexer.
+//! - P7 (OpenSearch 3 only) the indexer vs the engine's own pull-based ingestion of
+//!   the same events, one drain of each per round: events/s and CPU per event of
+//!   the engine and the indexer.
 //!
 //! Ratios and CPU per operation, not absolute rates, are the results: shared
 //! machines vary.
@@ -24,6 +27,7 @@ mod load;
 mod measures;
 mod memory;
 mod preload;
+mod pull_ingestion;
 mod report;
 
 use std::path::PathBuf;
@@ -52,6 +56,9 @@ pub enum Measure {
     P5,
     /// Peak RSS of producer-api and the indexer.
     P6,
+    /// The indexer vs OpenSearch 3's pull-based ingestion of the same events (needs
+    /// the stack's CITYPOP_OPENSEARCH_PULL_INGESTION=on; fails and says so without).
+    P7,
 }
 
 /// Benchmarks citypop against the engine's own ceilings on the local stack
@@ -157,6 +164,7 @@ async fn run_measure(
         Measure::P4 => measures::p4(bench).await,
         Measure::P5 => measures::p5(bench).await,
         Measure::P6 => measures::p6(bench).await,
+        Measure::P7 => pull_ingestion::p7(bench).await,
     }
 }
 

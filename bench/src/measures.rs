@@ -28,7 +28,12 @@ pub struct Record {
 }
 
 impl Record {
-    fn new(id: &'static str, measure: impl Into<String>, target: Target, sample: Sample) -> Self {
+    pub fn new(
+        id: &'static str,
+        measure: impl Into<String>,
+        target: Target,
+        sample: Sample,
+    ) -> Self {
         Self {
             id,
             measure: measure.into(),
@@ -38,7 +43,7 @@ impl Record {
         }
     }
 
-    fn against(mut self, ceiling_name: &'static str) -> Self {
+    pub fn against(mut self, ceiling_name: &'static str) -> Self {
         self.ceiling_name = Some(ceiling_name);
         self
     }
@@ -67,6 +72,8 @@ pub struct Bench {
     pub engine_pid: Option<u32>,
     pub kafka_pid: Option<u32>,
     preloads: HashMap<Order, Preload>,
+    /// P7's twin topics (Avro and the plugin's JSON), filled once per order.
+    pub pull_twins: HashMap<Order, crate::pull_ingestion::Twins>,
     live: Option<Live>,
     /// P3's last accepted rate, for P5's write rate.
     post_rate: Option<f64>,
@@ -96,6 +103,7 @@ impl Bench {
             engine_pid,
             kafka_pid,
             preloads: HashMap::new(),
+            pull_twins: HashMap::new(),
             live: None,
             post_rate: None,
             run_id: Names::unique("bench"),
@@ -272,6 +280,9 @@ impl Bench {
         }
         for preload in self.preloads.values() {
             kafka.delete_topic(&preload.data.topic).await;
+        }
+        for twins in std::mem::take(&mut self.pull_twins).into_values() {
+            twins.delete(&self.stack).await;
         }
     }
 }

@@ -17,6 +17,8 @@ pub const CPU_CEILING: &str = "ceiling's engine CPU µs/op";
 pub enum Target {
     /// The median of `value / ceiling` must reach this.
     RatioAtLeast(f64),
+    /// The median of `value / ceiling` must not exceed this (a cost against another's).
+    RatioAtMost(f64),
     /// The median of `value` must not exceed this.
     AtMost(f64),
     /// Reported, not judged.
@@ -27,6 +29,7 @@ impl Target {
     fn describe(self) -> String {
         match self {
             Target::RatioAtLeast(t) => format!("ratio ≥ {t}"),
+            Target::RatioAtMost(t) => format!("ratio ≤ {t}"),
             Target::AtMost(t) => format!("≤ {t}"),
             Target::None => String::new(),
         }
@@ -165,6 +168,7 @@ impl Row {
             .collect();
         self.met = match self.target {
             Target::RatioAtLeast(t) => self.ratio.map(|r| r.median >= t),
+            Target::RatioAtMost(t) => self.ratio.map(|r| r.median <= t),
             Target::AtMost(t) => self.value.map(|v| v.median <= t),
             Target::None => None,
         };
@@ -303,7 +307,7 @@ impl Report {
         out.push_str("\nTargets (medians):\n");
         for row in self.rows.iter().filter(|r| r.met.is_some()) {
             let (figure, spread) = match row.target {
-                Target::RatioAtLeast(_) => ("ratio", &row.ratio),
+                Target::RatioAtLeast(_) | Target::RatioAtMost(_) => ("ratio", &row.ratio),
                 _ => ("value", &row.value),
             };
             out.push_str(&format!(

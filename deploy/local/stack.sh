@@ -34,6 +34,9 @@ KAFKA_SASL_USER=citypop KAFKA_SASL_PASSWORD=citypop-secret
 ENGINE_PORT=${CITYPOP_ENGINE_PORT:-9200}
 ENGINE_TRANSPORT_PORT=${CITYPOP_ENGINE_TRANSPORT_PORT:-9300}
 ENGINE_SECURITY=${CITYPOP_ENGINE_SECURITY:-off}
+# on: OpenSearch 3+ gets its pull-based ingestion plugin (ingestion-kafka), which
+# the benchmark's P7 compares citypop's indexer with (lib/pull_ingestion.sh).
+PULL_INGESTION=${CITYPOP_OPENSEARCH_PULL_INGESTION:-off}
 STACK_DIR=${CITYPOP_STACK_DIR:-$REPO_ROOT/.stack}
 CACHE_DIR=""   # set by init_stack_dir / resolve_stack_dir
 KAFKA_HEAP=${CITYPOP_KAFKA_HEAP:-512m}
@@ -53,6 +56,8 @@ STOP_TIMEOUT=${CITYPOP_STACK_STOP_TIMEOUT:-30}  # seconds before SIGKILL
 . "$SCRIPT_DIR/lib/kafka.sh"
 # shellcheck source=SCRIPTDIR/lib/engine.sh
 . "$SCRIPT_DIR/lib/engine.sh"
+# shellcheck source=SCRIPTDIR/lib/pull_ingestion.sh
+. "$SCRIPT_DIR/lib/pull_ingestion.sh"
 
 ENGINE_VERSION=${CITYPOP_ENGINE_VERSION:-$(engine_default_version "$ENGINE")}
 
@@ -88,6 +93,10 @@ Settings (environment variables, with defaults):
                                       integ-test-zip (tested: 9.5.4, 8.19.21, 3.8.0, 2.19.6)
   CITYPOP_ENGINE_SECURITY=off         on (elasticsearch only): HTTPS with the stack's
                                       CA, file-realm users and roles (README)
+  CITYPOP_OPENSEARCH_PULL_INGESTION=off
+                                      on (OpenSearch 3+ only): install the engine's
+                                      pull-based ingestion plugin, ingestion-kafka,
+                                      assembled from Maven Central (bench P7)
   CITYPOP_KAFKA_PORT=9092             Kafka client listener (PLAINTEXT)
   CITYPOP_KAFKA_CONTROLLER_PORT=9093  KRaft controller listener
   CITYPOP_KAFKA_SASL_PORT=9094        SASL_PLAINTEXT listener (mechanism PLAIN, user
@@ -144,6 +153,7 @@ check_settings() {
           die "CITYPOP_ENGINE_SECURITY=on needs Elasticsearch: OpenSearch's integ-test-zip has no security plugin" ;;
     *) die "CITYPOP_ENGINE_SECURITY must be on or off, not '$ENGINE_SECURITY'" ;;
   esac
+  check_pull_ingestion_setting
   local p
   for p in "${ALL_PORTS[@]}"; do
     case "$p" in ''|*[!0-9]*) die "ports must be numbers, got '$p'" ;; esac
@@ -273,7 +283,7 @@ cmd_clean() {
 
 cmd_status() {
   resolve_stack_dir
-  local ok=0 pid port conf health name security scheme
+  local ok=0 pid port conf health name security scheme pull
   pid=$(running_pid kafka)
   conf=$(running_conf kafka)
   port=$(conf_value "$conf" port); port=${port:-$KAFKA_PORT}
@@ -300,6 +310,10 @@ cmd_status() {
     # A stack that runs another engine than the one asked for does not serve the caller.
     if [ "$name" != "$ENGINE $ENGINE_VERSION" ] || [ "$security" != "$ENGINE_SECURITY" ]; then
       echo "               but $ENGINE $ENGINE_VERSION (security $ENGINE_SECURITY) was asked for"; ok=1
+    fi
+    pull=$(conf_value "$conf" pull_ingestion)
+    if [ "${pull:-off}" != "$PULL_INGESTION" ]; then
+      echo "               but pull-based ingestion ${PULL_INGESTION} was asked for (it is ${pull:-off})"; ok=1
     fi
   fi
   echo "stack dir:     $STACK_DIR"

@@ -43,8 +43,12 @@ engine_artifact() {
   esac
 }
 
-engine_conf() { printf 'engine=%s version=%s port=%s transport_port=%s security=%s heap=%s' \
-  "$ENGINE" "$ENGINE_VERSION" "$ENGINE_PORT" "$ENGINE_TRANSPORT_PORT" "$ENGINE_SECURITY" "$ENGINE_HEAP"; }
+engine_conf() {
+  printf 'engine=%s version=%s port=%s transport_port=%s security=%s heap=%s' \
+    "$ENGINE" "$ENGINE_VERSION" "$ENGINE_PORT" "$ENGINE_TRANSPORT_PORT" "$ENGINE_SECURITY" "$ENGINE_HEAP"
+  # Only when on, so that a stack started before this setting existed still matches.
+  if [ "$PULL_INGESTION" = on ]; then printf ' pull_ingestion=on'; fi
+}
 engine_home() { printf '%s/%s-%s' "$(engine_base)" "$1" "$2"; }
 engine_zip() { printf '%s/dist/%s-%s.zip' "$CACHE_DIR" "$1" "$2"; }
 # The server log of the running (or last started) engine.
@@ -169,6 +173,7 @@ start_engine() {
   install_engine
   mkdir -p "$run"
   write_engine_config "$home"
+  if [ "$ENGINE" = opensearch ]; then apply_pull_ingestion "$home"; fi
   prepare_engine_user "$home"
   if [ "$ENGINE_SECURITY" = on ]; then ensure_engine_users "$home"; fi
   say "starting $ENGINE $ENGINE_VERSION on $(engine_scheme)://$HOST:$ENGINE_PORT (transport $ENGINE_TRANSPORT_PORT, heap $ENGINE_HEAP, Java from $ENGINE_JAVA_HOME)"
@@ -242,6 +247,7 @@ wait_engine() {
         answering=$(engine_pid_at "$port" "$security")
         if [ "$answering" = "$pid" ]; then
           say "$ENGINE $ENGINE_VERSION ready on $(engine_scheme)://$HOST:$port (status $health, pid $pid)"
+          check_pull_ingestion_loaded "$port"
           return 0
         elif [ -n "$answering" ]; then
           die "the engine answering on $HOST:$port is process $answering, not ours ($pid); is another engine running there?"

@@ -16,7 +16,7 @@ export CITYPOP_STACK_CACHE_DIR=${CITYPOP_STACK_CACHE_DIR:-$PWD/.stack/cache}
 export CITYPOP_KAFKA_PORT=29092 CITYPOP_KAFKA_CONTROLLER_PORT=29093 CITYPOP_KAFKA_SASL_PORT=29094 \
   CITYPOP_KAFKA_SSL_PORT=29095 CITYPOP_KAFKA_SASL_SSL_PORT=29096 CITYPOP_ENGINE_PORT=29200 \
   CITYPOP_ENGINE_TRANSPORT_PORT=29300 CITYPOP_STACK_STOP_TIMEOUT=60
-unset CITYPOP_ENGINE_SECURITY
+unset CITYPOP_ENGINE_SECURITY CITYPOP_OPENSEARCH_PULL_INGESTION
 
 decoy=""
 legacy=""
@@ -75,6 +75,9 @@ status=0; CITYPOP_ENGINE=opensearch "$stack" up >/dev/null 2>"$dir/up3.err" || s
 check "up asking for another engine than the running one is refused" test "$status" -ne 0
 check "and says why" contains "$(cat "$dir/up3.err")" "already running with"
 check "and leaves the engine running" alive "$engine_pid"
+status=0; CITYPOP_OPENSEARCH_PULL_INGESTION=on "$stack" up >/dev/null 2>"$dir/up4.err" || status=$?
+check "pull ingestion on Elasticsearch is refused" test "$status" -ne 0
+check "and says it needs OpenSearch 3" contains "$(cat "$dir/up4.err")" "needs OpenSearch 3"
 status=0; out=$(CITYPOP_ENGINE=opensearch "$stack" status 2>&1) || status=$?
 check "status asked about another engine than the running one fails" test "$status" -ne 0
 
