@@ -23,7 +23,7 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-lint-deploy: ## Validate Dockerfile, docker-compose.yml, Helm chart, examples and dashboard (no Docker or cluster needed)
+lint-deploy: ## Validate Dockerfile, docker-compose.yml, Helm chart (alert rules with promtool), examples and dashboard (no Docker or cluster needed)
 	@deploy/lint.sh
 
 build: ## Build the service binaries
