@@ -4,6 +4,7 @@
 mod api;
 mod common;
 mod dlq;
+mod docs;
 mod engine_security;
 mod indexer;
 mod interop;
