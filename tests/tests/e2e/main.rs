@@ -9,6 +9,7 @@ mod engine_security;
 mod indexer;
 mod interop;
 mod kafka_security;
+mod monitoring;
 mod pipeline;
 mod replay;
 mod topics;
