@@ -19,11 +19,12 @@ test: ## Lint, unit tests, and end-to-end tests against the real services (start
 bench: ## Benchmarks against the engine's ceilings (BENCH_ARGS="--events 100000 ..."); results in bench/results/
 	@deploy/local/bench.sh
 
-lint: ## cargo fmt --check and clippy with warnings as errors
+lint: ## cargo fmt --check, clippy with warnings as errors, cargo deny (advisories, licences, bans, sources)
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+	@deploy/supply-chain.sh
 
-lint-deploy: ## Validate Dockerfile, docker-compose.yml, Helm chart, examples and dashboard (no Docker or cluster needed)
+lint-deploy: ## Validate Dockerfile, docker-compose.yml, Helm chart (alert rules with promtool), examples and dashboard (no Docker or cluster needed)
 	@deploy/lint.sh
 
 build: ## Build the service binaries

@@ -10,79 +10,44 @@
 #                                    then assertions on the rendered production values (pytest)
 #   - deploy/examples, deploy/grafana  parse and content checks (pytest)
 #   - every shell script             shellcheck (the *.sh files and .ci/run)
+#   - the chart's alert rules        promtool check rules on the rules rendered with
+#                                    ci/production-values.yaml, and promtool test rules
+#                                    with deploy/prometheus/rules-test.yml, which must
+#                                    test every alert firing and quiet
 #
 # It installs its own tools, idempotently, under .tools/ (git-ignored, override with
 # CITYPOP_TOOLS_DIR): helm from source with `go install`, and a Python venv with
 # kubernetes-validate, jsonschema, PyYAML, pytest, hadolint and shellcheck
-# (deploy/requirements.txt).
+# (deploy/requirements.txt). promtool is built once per version with `go install`
+# into ~/.cache/citypop/tools/ (override with CITYPOP_CACHE_DIR), outside the clone, so
+# that a fresh clone does not rebuild it.
 # The Compose schema is read from ../shared/schemas/compose-spec.json next to the
 # repository (override with CITYPOP_COMPOSE_SCHEMA).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-helm_version=v3.22.0
 # Kubernetes versions the rendered manifests must be valid for: the chart's lowest
 # (Chart.yaml kubeVersion) and the newest kubernetes-validate bundles.
 read -r -a kube_versions <<<"${CITYPOP_KUBE_VERSIONS:-1.30.0 1.37.0}"
 # Kinds from CRDs: kubernetes-validate has no schema for them and may only warn.
 crd_kinds='ServiceMonitor|PrometheusRule|ScaledObject|Kafka|KafkaNodePool|KafkaTopic|KafkaUser|Elasticsearch'
 
-tools=${CITYPOP_TOOLS_DIR:-$root/.tools}
 chart=deploy/helm/citypop
 compose_schema=${CITYPOP_COMPOSE_SCHEMA:-$(dirname "$root")/shared/schemas/compose-spec.json}
 
 fail() { echo "lint-deploy: $*" >&2; exit 1; }
 step() { echo "==> $*"; }
 
-# --- tools ------------------------------------------------------------------
-
-install_python_tools() {
-  local venv=$tools/venv requirements=deploy/requirements.txt stamp
-  stamp=$(sha256sum "$requirements" | cut -d' ' -f1)
-  if [[ -x $venv/bin/python && -f $venv/.requirements && $(<"$venv/.requirements") == "$stamp" ]]; then
-    return
-  fi
-  step "installing Python tools into $venv"
-  if [[ ! -x $venv/bin/python ]]; then
-    if ! python3 -m venv "$venv" 2>/dev/null; then
-      # Debian's own python3 ships venv separately.
-      rm -rf "$venv"
-      if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null \
-          || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
-        python3 -m venv "$venv"
-      else
-        fail "python3 -m venv failed: install python3-venv (Debian/Ubuntu) and retry"
-      fi
-    fi
-  fi
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
-  echo "$stamp" >"$venv/.requirements"
-}
-
-install_helm() {
-  local helm=$tools/bin/helm
-  if [[ -x $helm && $("$helm" version --template '{{.Version}}' 2>/dev/null) == "$helm_version" ]]; then
-    return
-  fi
-  command -v go >/dev/null || fail "go is needed to install helm ($helm_version)"
-  step "building helm $helm_version with go install (once; a few minutes)"
-  mkdir -p "$tools/bin"
-  # The same -X flags as helm's own Makefile: its version, and the Kubernetes version
-  # `helm template` assumes without --kube-version.
-  GOBIN=$tools/bin GOFLAGS=-buildvcs=false go install \
-    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version \
-      -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37 \
-      -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=37" \
-    "helm.sh/helm/v3/cmd/helm@$helm_version"
-}
+# shellcheck source=deploy/tools.sh
+. deploy/tools.sh
 
 [[ -f $compose_schema ]] || fail "the Compose Specification schema is missing: $compose_schema
 (it lives in shared/schemas/ next to the repository; set CITYPOP_COMPOSE_SCHEMA to its path)"
 
 install_python_tools
 install_helm
+install_promtool
 export PATH=$tools/bin:$tools/venv/bin:$PATH
 export CITYPOP_HELM=$tools/bin/helm CITYPOP_COMPOSE_SCHEMA=$compose_schema
 export CITYPOP_KUBE_VERSION=${kube_versions[-1]}
@@ -137,6 +102,16 @@ step "kubernetes-validate --strict deploy/examples"
 for example in deploy/examples/*.yaml; do
   validate "$example" "$example"
 done
+
+# --- Alert rules -----------------------------------------------------------------
+
+step "promtool check rules and test rules (the chart's alerts, production values)"
+# rules-test.yml names the rule file citypop-rules.yml, next to itself.
+cp deploy/prometheus/rules-test.yml "$work/rules-test.yml"
+python deploy/prometheus/rules.py extract <"$work/production-values.yaml" >"$work/citypop-rules.yml"
+"$promtool" check rules "$work/citypop-rules.yml"
+python deploy/prometheus/rules.py coverage "$work/citypop-rules.yml" "$work/rules-test.yml"
+"$promtool" test rules "$work/rules-test.yml"
 
 # --- Compose, chart assertions, examples, dashboard -----------------------------
 

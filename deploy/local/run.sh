@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
 # `make run`: the whole pipeline on this machine. Starts the stack (unless it is
 # already up), builds and starts indexer and producer-api in the foreground, and on
-# Ctrl-C stops both and the stack it started.
+# Ctrl-C stops both and the stack it started. With CITYPOP_MONITORING=prometheus, a
+# Prometheus beside them (lib/monitoring.sh) scrapes both and evaluates the chart's alerts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 stack=deploy/local/stack.sh
+monitoring=${CITYPOP_MONITORING:-off}
+case $monitoring in
+  off | prometheus) ;;
+  *) echo "run: CITYPOP_MONITORING must be off or prometheus, not '$monitoring'" >&2; exit 2 ;;
+esac
+fail() { echo "run: $*" >&2; exit 1; }
+step() { echo "==> $*"; }
+# shellcheck source=deploy/tools.sh
+. deploy/tools.sh
+# shellcheck source=deploy/local/lib/monitoring.sh
+. deploy/local/lib/monitoring.sh
 
 started_stack=""
 pids=()
@@ -44,6 +56,12 @@ for _ in $(seq 1 120); do
   if curl -fs "http://$api_listen/readyz" >/dev/null 2>&1; then break; fi
   sleep 0.5
 done
+monitoring_line=""
+if [[ $monitoring == prometheus ]]; then
+  monitoring_start "$api_listen" "$health_listen" "${CITYPOP_STACK_DIR:-.stack}/prometheus"
+  pids+=("$monitoring_pid")
+  monitoring_line="  prometheus     http://$MONITORING_LISTEN   (alerts: http://$MONITORING_LISTEN/api/v1/alerts)"$'\n'
+fi
 cat <<TXT
 
 citypop is running (Ctrl-C stops everything):
@@ -51,7 +69,7 @@ citypop is running (Ctrl-C stops everything):
   indexer        http://$health_listen/readyz, http://$health_listen/metrics
   kafka          $CITYPOP_KAFKA_BOOTSTRAP_SERVERS
   engine         $CITYPOP_ELASTICSEARCH_URL
-
+$monitoring_line
 Try:
   curl -i -XPOST http://$api_listen/city -H 'content-type: application/json' -d '{"name":"Paris","population":2102650}'
   curl http://$api_listen/city/paris

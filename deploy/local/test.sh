@@ -51,6 +51,15 @@ cargo test --workspace --locked --lib --bins 2>&1 | tee -a "$results"
 echo "==> building the services for the end-to-end tests"
 cargo build --workspace --bins --locked
 cargo test -p citypop-tests --locked --no-run
+# The monitoring test's Prometheus and the chart's alert rules (deploy/tools.sh).
+fail() { echo "test: $*" >&2; exit 1; }
+step() { echo "==> $*"; }
+# shellcheck source=deploy/tools.sh
+. deploy/tools.sh
+install_prometheus
+mkdir -p "$tools"
+render_rules "$tools/citypop-rules.yml"
+export CITYPOP_PROMETHEUS=$prometheus CITYPOP_PROMETHEUS_RULES=$tools/citypop-rules.yml
 deploy/local/tests/stack_test.sh 2>&1 | tee -a "$results"
 
 for pass in "${passes[@]}"; do

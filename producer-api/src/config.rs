@@ -102,6 +102,17 @@ pub struct Config {
     #[arg(long, env = "CITYPOP_API_KEYS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub api_keys_reload_interval: Duration,
 
+    /// Serve the API reference page at `/docs` (Swagger UI of `/openapi.json`, its
+    /// assets compiled into the binary: no CDN needed). `false` turns it off.
+    #[arg(
+        long,
+        env = "CITYPOP_API_DOCS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub api_docs: bool,
+
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
@@ -142,6 +153,17 @@ mod tests {
     #[test]
     fn the_command_is_well_formed() {
         Config::command().debug_assert();
+    }
+
+    #[test]
+    fn the_docs_page_is_on_unless_turned_off() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from([&["producer-api"], args].concat()).map(|c| c.api_docs)
+        };
+        assert!(parse(&[]).unwrap());
+        assert!(!parse(&["--api-docs", "false"]).unwrap());
+        assert!(!parse(&["--api-docs", "off"]).unwrap());
+        assert!(parse(&["--api-docs", "maybe"]).is_err());
     }
 
     #[test]

@@ -89,6 +89,7 @@ impl Application {
             },
             api_keys,
             metrics,
+            api_docs: config.api_docs,
         });
         let listener = TcpListener::bind(config.listen)
             .await

@@ -6,6 +6,7 @@
 //! are unset or unreachable the tests fail and say how to start the stack.
 
 pub mod api_client;
+pub mod browser;
 pub mod engine;
 pub mod fault_proxy;
 pub mod interop;
@@ -203,6 +204,20 @@ fn free_port() -> u16 {
     // The port is free when returned; the service binds it a moment later.
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
     listener.local_addr().expect("local address").port()
+}
+
+/// Where tests leave files for a person to look at (screenshots): `CITYPOP_TEST_OUTPUT`,
+/// else `target/test-output`.
+pub fn test_output_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CITYPOP_TEST_OUTPUT") {
+        return PathBuf::from(dir);
+    }
+    // Test executables live in target/<profile>/deps.
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.ancestors()
+        .nth(3)
+        .expect("target directory")
+        .join("test-output")
 }
 
 /// The path of a service binary, for tests that run it directly (`--help`).

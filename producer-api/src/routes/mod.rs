@@ -80,6 +80,8 @@ pub struct AppState {
     pub api_keys: Arc<WriteKeys>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// Whether `/docs` serves the API reference page.
+    pub api_docs: bool,
 }
 
 /// Bounds on what one request may take.
@@ -143,8 +145,13 @@ fn routes_within(limits: Option<Limits>) -> OpenApiRouter<Arc<AppState>> {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let (router, document) = routes_within(Some(state.limits)).split_for_parts();
+    let (mut router, document) = routes_within(Some(state.limits)).split_for_parts();
     let document = openapi::Document::new(&document);
+    if state.api_docs {
+        // Beside the API's routes, not among them: the page is not part of the
+        // contract, and the document does not list it.
+        router = router.merge(openapi::docs());
+    }
     let middleware = ServiceBuilder::new()
         // Outermost first. Marking the key header sensitive keeps it out of any
         // log or debug output of the request.
@@ -378,6 +385,7 @@ mod tests {
                 request_timeout: Duration::from_secs(5),
                 max_concurrent_requests: 16,
             },
+            api_docs: true,
         })
     }
 

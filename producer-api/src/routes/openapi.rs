@@ -1,5 +1,5 @@
-//! `GET /openapi.json`, and the parts of the document no route declares: its title,
-//! tags and the API key scheme.
+//! `GET /openapi.json`, the parts of the document no route declares (its title, tags
+//! and the API key scheme), and `GET /docs`, the document as a page.
 
 use std::sync::Arc;
 
@@ -8,6 +8,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa_swagger_ui::SwaggerUi;
 
 use super::api_key;
 
@@ -77,4 +78,17 @@ pub async fn openapi_json(Extension(document): Extension<Document>) -> Response 
         document.0.as_str().to_owned(),
     )
         .into_response()
+}
+
+/// `GET /docs`: Swagger UI reading `/openapi.json`. Its assets are compiled into the
+/// binary (the crate's `vendored` feature), so the page works where no CDN can be
+/// reached. It reads the document this module serves rather than one of its own, so
+/// the page shows exactly what clients get, constraints included.
+pub fn docs<S>() -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    SwaggerUi::new("/docs")
+        .config(utoipa_swagger_ui::Config::from("/openapi.json"))
+        .into()
 }

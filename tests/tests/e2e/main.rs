@@ -4,10 +4,12 @@
 mod api;
 mod common;
 mod dlq;
+mod docs;
 mod engine_security;
 mod indexer;
 mod interop;
 mod kafka_security;
+mod monitoring;
 mod pipeline;
 mod replay;
 mod topics;
