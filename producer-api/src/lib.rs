@@ -22,6 +22,8 @@ mod metrics;
 mod new_name;
 mod problem;
 mod publisher;
+mod read_batcher;
+mod read_cache;
 mod routes;
 mod search;
 mod trace_context;
@@ -71,6 +73,10 @@ impl Application {
             );
         }
         let metrics = Arc::new(metrics::Metrics::new());
+        let index = Arc::new(city_index::CityIndex::new(
+            &config.engine,
+            config.engine_read_timeout,
+        )?);
         let state = Arc::new(routes::AppState {
             publisher: publisher::Publisher::new(
                 &config.kafka,
@@ -78,10 +84,12 @@ impl Application {
                 config.producer_queue_messages,
                 metrics.clone(),
             )?,
-            index: Arc::new(city_index::CityIndex::new(
-                &config.engine,
-                config.engine_read_timeout,
-            )?),
+            reads: routes::get::ReadPath::new(
+                index.clone(),
+                &routes::get::ReadSettings::from(config),
+                metrics.clone(),
+            ),
+            index,
             version_waits: Arc::default(),
             limits: routes::Limits {
                 body_read_timeout: config.body_read_timeout,
