@@ -6,8 +6,9 @@
 //!   `Retry-After`, and the client may safely retry.
 //! - Requests are validated at the edge into `CityName` and `Population`; invalid
 //!   ones never reach Kafka and get an `application/problem+json` body.
-//! - Reads come straight from the search index alias; this service never writes to
-//!   the engine.
+//! - Reads come straight from the search index alias, in real time (concurrent reads
+//!   of single cities may share one `_mget`); only the optional read cache, off by
+//!   default, may answer up to its TTL late. This service never writes to the engine.
 //! - When API keys are configured, every write needs one in `X-API-Key`; keys are
 //!   compared in constant time and never logged.
 //! - The W3C `traceparent` of a request (or a new one) travels with its events into
