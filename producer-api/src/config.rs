@@ -69,7 +69,7 @@ pub struct Config {
     /// for others to share one `_mget` with; `0` turns batching off and each read is
     /// a get by id of its own. Reads stay real-time: the `_mget` starts after every
     /// read it answers arrived.
-    #[arg(long, env = "CITYPOP_READ_BATCH_WINDOW", default_value = "1ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CITYPOP_READ_BATCH_WINDOW", default_value = "250us", value_parser = humantime::parse_duration)]
     pub read_batch_window: Duration,
 
     /// The most distinct cities in one `_mget` of batched reads; a full batch goes
