@@ -7,7 +7,7 @@ use citypop_schemas::CityKey;
 use citypop_schemas::document::CityDocument;
 use elasticsearch::cluster::ClusterHealthParts;
 use elasticsearch::http::StatusCode;
-use elasticsearch::{Elasticsearch, GetSourceParts, SearchParts};
+use elasticsearch::{Elasticsearch, GetSourceParts, MgetParts, SearchParts};
 use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -71,6 +71,10 @@ async fn decode<T: serde::de::DeserializeOwned>(
     let body = response.bytes().await?;
     serde_json::from_slice(&body).map_err(|e| IndexError::Broken(e.to_string()))
 }
+
+/// What one read of a city found: its document (soft-deleted ones included), `None`
+/// when it was never indexed, or why the index could not say.
+pub type Read = Result<Option<CityDocument>, IndexError>;
 
 pub struct CityIndex {
     client: Elasticsearch,
@@ -140,6 +144,36 @@ impl CityIndex {
         }
         let response = checked(response)?;
         Ok(Some(decode(response).await?))
+    }
+
+    /// The current documents of `keys`, in their order, in one `_mget`; each as
+    /// [`CityIndex::get`] would have found it. An error of the whole request is the
+    /// outer error; an error the engine reports for one document is that document's
+    /// alone. Real-time like a get by id: `_mget` is real-time unless told otherwise,
+    /// and it is never told.
+    pub async fn get_many(&self, keys: &[CityKey]) -> Result<Vec<Read>, IndexError> {
+        self.bounded(self.get_many_unbounded(keys)).await
+    }
+
+    async fn get_many_unbounded(&self, keys: &[CityKey]) -> Result<Vec<Read>, IndexError> {
+        let ids: Vec<&str> = keys.iter().map(CityKey::as_str).collect();
+        let response = self
+            .client
+            .mget(MgetParts::Index(&self.alias))
+            .body(json!({ "ids": ids }))
+            .send()
+            .await?;
+        let body: MgetResponse = decode(checked(response)?).await?;
+        // The engine answers one entry per id, in the order asked; anything else
+        // would pair a document with the wrong request.
+        if body.docs.len() != keys.len() {
+            return Err(IndexError::Broken(format!(
+                "_mget answered {} documents for {} ids",
+                body.docs.len(),
+                keys.len()
+            )));
+        }
+        Ok(body.docs.into_iter().map(MgetDoc::into_read).collect())
     }
 
     /// One page of live (not deleted) cities, `size` at most.
@@ -255,4 +289,40 @@ struct Hit {
     source: CityDocument,
     #[serde(default)]
     sort: Vec<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct MgetResponse {
+    docs: Vec<MgetDoc>,
+}
+
+#[derive(serde::Deserialize)]
+struct MgetDoc {
+    #[serde(rename = "_source")]
+    source: Option<CityDocument>,
+    error: Option<MgetError>,
+}
+
+#[derive(serde::Deserialize)]
+struct MgetError {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    reason: String,
+}
+
+impl MgetDoc {
+    fn into_read(self) -> Read {
+        match self.error {
+            None => Ok(self.source),
+            // No index behind the alias yet (no indexer has run): the city is not
+            // there, as a get by id answers with its 404.
+            Some(error) if error.kind == "index_not_found_exception" => Ok(None),
+            // A shard that cannot answer now, most often: a retry may work.
+            Some(error) => Err(IndexError::Unavailable(format!(
+                "_mget failed for one document: {}: {}",
+                error.kind, error.reason
+            ))),
+        }
+    }
 }

@@ -2,6 +2,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use axum::http::HeaderValue;
 use citypop_runtime::{EngineArgs, KafkaArgs, LogArgs};
 
 use crate::api_keys::ApiKeyList;
@@ -86,6 +87,44 @@ pub struct Config {
     )]
     pub max_concurrent_requests: u32,
 
+    /// How long a read of one city (`GET /city/{name}` without `min_version`) waits
+    /// for others to share one `_mget` with; `0` turns batching off and each read is
+    /// a get by id of its own. Reads stay real-time: the `_mget` starts after every
+    /// read it answers arrived.
+    #[arg(long, env = "CITYPOP_READ_BATCH_WINDOW", default_value = "250us", value_parser = humantime::parse_duration)]
+    pub read_batch_window: Duration,
+
+    /// The most distinct cities in one `_mget` of batched reads; a full batch goes
+    /// at once, without waiting for the window to end.
+    #[arg(
+        long,
+        env = "CITYPOP_READ_BATCH_MAX_IDS",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub read_batch_max_ids: u32,
+
+    /// The `Cache-Control` header of `GET /city/{name}` answers (200 and 304). The
+    /// default makes clients and proxies revalidate with `If-None-Match` each time.
+    #[arg(long, env = "CITYPOP_CACHE_CONTROL", default_value = "no-cache", value_parser = parse_header_value)]
+    pub cache_control: HeaderValue,
+
+    /// How long the in-process read cache keeps a city; `0` turns it off. A cached
+    /// read may be this much older than the index: nothing invalidates it, since
+    /// this service never sees the indexer's writes. Reads with `min_version` never
+    /// use it.
+    #[arg(long, env = "CITYPOP_READ_CACHE_TTL", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub read_cache_ttl: Duration,
+
+    /// The most cities the read cache holds; the least used go first.
+    #[arg(
+        long,
+        env = "CITYPOP_READ_CACHE_MAX_ENTRIES",
+        default_value_t = 100_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub read_cache_max_entries: u64,
+
     /// API keys that writes must present in `X-API-Key`, comma-separated. With no key
     /// here nor in the key file, writes are open. Reads are always open.
     #[arg(long, env = "CITYPOP_API_KEYS", hide_env_values = true, value_parser = ApiKeyList::parse)]
@@ -143,6 +182,11 @@ impl Compression {
             Self::Lz4 => "lz4",
         }
     }
+}
+
+/// A header value: visible ASCII and spaces.
+fn parse_header_value(value: &str) -> Result<HeaderValue, String> {
+    HeaderValue::from_str(value).map_err(|_| format!("{value:?} cannot be a header value"))
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@
 //!   `Retry-After`, and the client may safely retry.
 //! - Requests are validated at the edge into `CityName` and `Population`; invalid
 //!   ones never reach Kafka and get an `application/problem+json` body.
-//! - Reads come straight from the search index alias; this service never writes to
-//!   the engine.
+//! - Reads come straight from the search index alias, in real time (concurrent reads
+//!   of single cities may share one `_mget`); only the optional read cache, off by
+//!   default, may answer up to its TTL late. This service never writes to the engine.
 //! - When API keys are configured, every write needs one in `X-API-Key`; keys are
 //!   compared in constant time and never logged.
 //! - The W3C `traceparent` of a request (or a new one) travels with its events into
@@ -22,6 +23,8 @@ mod metrics;
 mod new_name;
 mod problem;
 mod publisher;
+mod read_batcher;
+mod read_cache;
 mod routes;
 mod search;
 mod trace_context;
@@ -71,16 +74,22 @@ impl Application {
             );
         }
         let metrics = Arc::new(metrics::Metrics::new());
+        let index = Arc::new(city_index::CityIndex::new(
+            &config.engine,
+            config.engine_read_timeout,
+        )?);
         let state = Arc::new(routes::AppState {
             publisher: publisher::Publisher::new(
                 &config.kafka,
                 &publisher::ProducerSettings::from_config(config),
                 metrics.clone(),
             )?,
-            index: Arc::new(city_index::CityIndex::new(
-                &config.engine,
-                config.engine_read_timeout,
-            )?),
+            reads: routes::get::ReadPath::new(
+                index.clone(),
+                &routes::get::ReadSettings::from(config),
+                metrics.clone(),
+            ),
+            index,
             version_waits: Arc::default(),
             limits: routes::Limits {
                 body_read_timeout: config.body_read_timeout,

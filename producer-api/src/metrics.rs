@@ -100,6 +100,35 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+/// What a lookup in the read cache found.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum CacheResult {
+    Hit,
+    Miss,
+}
+
+// By hand rather than derived: the derive writes the variant's name as it is
+// spelled, and label values are lower-case.
+impl EncodeLabelValue for CacheResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    result: CacheResult,
+}
+
+/// Ids in one `_mget`: 1 to 512, by powers of two.
+fn batch_size_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 10))
+}
+
 /// 1 ms to about 16 s: a read, a publish, and a read-your-writes wait of up to 10 s
 /// all land inside.
 fn latency_buckets() -> Histogram {
@@ -114,6 +143,8 @@ pub struct Metrics {
     publish_failures: Family<ReasonLabels, Counter>,
     api_key_refusals: Family<ReasonLabels, Counter>,
     read_your_writes_polls: Counter,
+    read_cache_lookups: Family<CacheLabels, Counter>,
+    read_batch_ids: Histogram,
 }
 
 impl Default for Metrics {
@@ -132,6 +163,8 @@ impl Metrics {
             publish_failures: Family::default(),
             api_key_refusals: Family::default(),
             read_your_writes_polls: Counter::default(),
+            read_cache_lookups: Family::default(),
+            read_batch_ids: batch_size_buckets(),
         };
         // Counters get their `_total` suffix from the encoder.
         metrics.registry.register(
@@ -181,7 +214,34 @@ impl Metrics {
             "Engine reads of read-your-writes waits; waiters for one city share them",
             metrics.read_your_writes_polls.clone(),
         );
+        for result in [CacheResult::Hit, CacheResult::Miss] {
+            drop(
+                metrics
+                    .read_cache_lookups
+                    .get_or_create(&CacheLabels { result }),
+            );
+        }
+        metrics.registry.register(
+            "citypop_read_cache_lookups",
+            "Reads looked up in the in-process read cache, by result: hit, miss (none while it is off)",
+            metrics.read_cache_lookups.clone(),
+        );
+        metrics.registry.register(
+            "citypop_read_batch_ids",
+            "Distinct city ids in each _mget of batched reads",
+            metrics.read_batch_ids.clone(),
+        );
         metrics
+    }
+
+    pub fn read_cache_looked_up(&self, result: CacheResult) {
+        self.read_cache_lookups
+            .get_or_create(&CacheLabels { result })
+            .inc();
+    }
+
+    pub fn read_batch_sent(&self, ids: usize) {
+        self.read_batch_ids.observe(ids as f64);
     }
 
     pub fn read_your_writes_polled(&self) {
@@ -261,6 +321,8 @@ mod tests {
         metrics.request_answered("GET", RouteLabel::Static("/city/{name}"), 200, 0.01);
         metrics.published(0.002);
         metrics.publish_failed("timeout");
+        metrics.read_cache_looked_up(CacheResult::Hit);
+        metrics.read_batch_sent(3);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, metrics.registry()).unwrap();
         for expected in [
@@ -269,6 +331,10 @@ mod tests {
             "citypop_publish_duration_seconds_count 1",
             r#"citypop_publish_failures_total{reason="timeout"} 1"#,
             r#"citypop_publish_failures_total{reason="queue_full"} 0"#,
+            r#"citypop_read_cache_lookups_total{result="hit"} 1"#,
+            r#"citypop_read_cache_lookups_total{result="miss"} 0"#,
+            r#"citypop_read_batch_ids_bucket{le="4.0"} 1"#,
+            "citypop_read_batch_ids_count 1",
         ] {
             assert!(text.contains(expected), "{expected} missing from\n{text}");
         }

@@ -7,14 +7,22 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use citypop_schemas::CityKey;
 use citypop_schemas::document::CityDocument;
+use headers::{ETag, HeaderMapExt, IfNoneMatch};
 use tokio::time::Instant;
 use utoipa::IntoParams;
 
 use super::query::{Params, RawQuery};
 use super::{AppState, CityView, index_problem};
+use crate::Config;
+use crate::city_index::CityIndex;
+use crate::metrics::Metrics;
 use crate::problem::Problem;
+use crate::read_batcher::{BatchSettings, ReadBatcher};
+use crate::read_cache::{CacheSettings, ReadCache};
 
 /// The longest read-your-writes wait: long enough for the indexer's batching and a
 /// retry or two, short enough that a waiting request never looks hung.
@@ -58,9 +66,15 @@ impl ReadQuery {
 
 /// Read a city.
 ///
-/// The latest indexed state, straight from the index (a real-time get: no refresh
-/// delay). With `min_version`, it answers only once the index holds that version or
-/// a later one, waiting up to `wait_ms`.
+/// The latest indexed state, straight from the index (a real-time read: no refresh
+/// delay; concurrent reads may share one `_mget`). With `min_version`, it answers
+/// only once the index holds that version or a later one, waiting up to `wait_ms`.
+/// When the in-process read cache is on (`CITYPOP_READ_CACHE_TTL`), a read without
+/// `min_version` may be up to that TTL old.
+///
+/// `ETag` is the city's version, as a strong tag (`"42"`); `If-None-Match` with
+/// that tag (or `*`) answers `304` with no body. `Cache-Control` is
+/// `CITYPOP_CACHE_CONTROL` (default `no-cache`: revalidate each time).
 #[utoipa::path(
     get,
     path = "/city/{name}",
@@ -68,9 +82,19 @@ impl ReadQuery {
     params(
         ("name" = String, Path, description = "The city's name in any spelling: case, Unicode normalisation form and surrounding whitespace do not matter"),
         ReadQuery,
+        ("if-none-match" = Option<String>, Header, description = "Entity tags (`\"42\"`, a comma-separated list, or `*`): `304` when one names the city's version"),
     ),
     responses(
-        (status = 200, description = "The city (at `min_version` or later, when given)", body = CityView),
+        (status = 200, description = "The city (at `min_version` or later, when given)", body = CityView,
+            headers(
+                ("etag" = String, description = "The city's version as a strong entity tag, such as `\"42\"`"),
+                ("cache-control" = String, description = "CITYPOP_CACHE_CONTROL, `no-cache` by default"),
+            )),
+        (status = 304, description = "`If-None-Match` names the city's version: no body",
+            headers(
+                ("etag" = String, description = "The city's version as a strong entity tag"),
+                ("cache-control" = String, description = "CITYPOP_CACHE_CONTROL"),
+            )),
         (status = 400, description = "Unreadable path or query string", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such city, or it was deleted", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`wait_ms` passed before the index reached `min_version`; `current_version` is what it holds (null when the city is absent)", body = Problem, content_type = "application/problem+json"),
@@ -83,19 +107,42 @@ pub async fn get_city(
     State(state): State<Arc<AppState>>,
     name: Result<Path<String>, PathRejection>,
     query: RawQuery,
-) -> Result<Json<CityView>, Problem> {
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
     let Path(name) = name.map_err(|e| Problem::bad_request(e.body_text()))?;
     let key = CityKey::parse(&name).map_err(|e| Problem::invalid("name", e))?;
     let query = ReadQuery::parse(query)?;
-    let started = Instant::now();
+    let reads = &state.reads;
     let Some(min_version) = query.min_version else {
-        let document = state.index.get(&key).await.map_err(|e| index_problem(&e))?;
-        return answer(&key, document);
+        if let Some(cached) = reads.cache.get(&key).await {
+            return reads.answer(&key, Some(&cached), &headers);
+        }
+        let document = reads
+            .batcher
+            .get(&key)
+            .await
+            .map_err(|e| index_problem(&e))?;
+        if let Some(document) = &document {
+            reads.cache.keep(&key, document).await;
+        }
+        return reads.answer(&key, document.as_ref(), &headers);
     };
-    let deadline = started + Duration::from_millis(query.wait_ms.unwrap_or(0));
-    let mut seen = state
-        .version_waits
-        .watch(&key, &state.index, &state.metrics);
+    let wait = Duration::from_millis(query.wait_ms.unwrap_or(0));
+    let document = read_at_least(&state, &key, min_version, wait).await?;
+    reads.answer(&key, document.as_ref(), &headers)
+}
+
+/// The city once the index holds `min_version` or later, waiting up to `wait`; a
+/// 409 past it.
+async fn read_at_least(
+    state: &AppState,
+    key: &CityKey,
+    min_version: i64,
+    wait: Duration,
+) -> Result<Option<CityDocument>, Problem> {
+    let started = Instant::now();
+    let deadline = started + wait;
+    let mut seen = state.version_waits.watch(key, &state.index, &state.metrics);
     loop {
         let last = seen.borrow_and_update().clone();
         if let Some(read) = last {
@@ -104,7 +151,7 @@ pub async fn get_city(
                 .as_ref()
                 .is_some_and(|doc| doc.version >= min_version)
             {
-                return answer(&key, document);
+                return Ok(document);
             }
             if Instant::now() >= deadline {
                 let current = document.filter(|doc| !doc.deleted).map(|doc| doc.version);
@@ -135,12 +182,99 @@ pub async fn get_city(
     }
 }
 
-/// The answer to a read once the wanted version (if any) is reached.
-fn answer(key: &CityKey, document: Option<CityDocument>) -> Result<Json<CityView>, Problem> {
-    match document.filter(|doc| !doc.deleted) {
-        Some(doc) => Ok(Json(CityView::from(doc))),
-        None => Err(Problem::not_found(format!("no city with key {key:?}"))),
+/// The read path's settings, from the service's.
+#[derive(Debug, Clone)]
+pub struct ReadSettings {
+    pub batch: BatchSettings,
+    pub cache: CacheSettings,
+    pub cache_control: HeaderValue,
+}
+
+impl Default for ReadSettings {
+    /// No batching, no cache, clients revalidate.
+    fn default() -> Self {
+        Self {
+            batch: BatchSettings {
+                window: Duration::ZERO,
+                max_ids: 1,
+            },
+            cache: CacheSettings {
+                ttl: Duration::ZERO,
+                max_entries: 1,
+            },
+            cache_control: HeaderValue::from_static("no-cache"),
+        }
     }
+}
+
+impl From<&Config> for ReadSettings {
+    fn from(config: &Config) -> Self {
+        Self {
+            batch: BatchSettings {
+                window: config.read_batch_window,
+                max_ids: config.read_batch_max_ids as usize,
+            },
+            cache: CacheSettings {
+                ttl: config.read_cache_ttl,
+                max_entries: config.read_cache_max_entries,
+            },
+            cache_control: config.cache_control.clone(),
+        }
+    }
+}
+
+/// How reads of one city without `min_version` are served: from the cache when
+/// it holds the city, else through a batch; and how they are answered.
+pub struct ReadPath {
+    pub batcher: ReadBatcher<CityIndex>,
+    pub cache: ReadCache,
+    cache_control: HeaderValue,
+}
+
+impl ReadPath {
+    pub fn new(index: Arc<CityIndex>, settings: &ReadSettings, metrics: Arc<Metrics>) -> Self {
+        Self {
+            batcher: ReadBatcher::new(index, settings.batch, metrics.clone()),
+            cache: ReadCache::new(settings.cache, metrics),
+            cache_control: settings.cache_control.clone(),
+        }
+    }
+
+    /// The answer to a read once the wanted version (if any) is reached: the city
+    /// with its version as a strong `ETag`, or `304` with no body when the client's
+    /// `If-None-Match` names that version (or is `*`).
+    fn answer(
+        &self,
+        key: &CityKey,
+        document: Option<&CityDocument>,
+        headers: &HeaderMap,
+    ) -> Result<Response, Problem> {
+        let Some(doc) = document.filter(|doc| !doc.deleted) else {
+            return Err(Problem::not_found(format!("no city with key {key:?}")));
+        };
+        let etag = entity_tag(doc.version);
+        let unchanged = headers
+            .typed_get::<IfNoneMatch>()
+            .is_some_and(|wanted| !wanted.precondition_passes(&etag));
+        let mut response = if unchanged {
+            StatusCode::NOT_MODIFIED.into_response()
+        } else {
+            Json(CityView::from(doc.clone())).into_response()
+        };
+        response.headers_mut().typed_insert(etag);
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, self.cache_control.clone());
+        Ok(response)
+    }
+}
+
+/// A document's version as a strong entity tag: `"<version>"`. The version is the
+/// Kafka offset of the document's last event, so it changes with every change.
+fn entity_tag(version: i64) -> ETag {
+    format!("\"{version}\"")
+        .parse()
+        .expect("a quoted integer is an entity tag")
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //! through the harness's `ApiClient`.
 
 mod api_keys;
+mod batching;
 mod bulk;
+mod caching;
 mod delete;
 mod errors;
 mod get;
