@@ -295,7 +295,7 @@ mod tests {
 /// ```text
 /// cargo test --release -p citypop-producer-api --lib --no-run
 /// valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*cost*one_post*' \
-///     target/release/deps/citypop_producer_api-* --ignored --exact routes::upsert::cost::write_path_cost
+///     target/release/deps/citypop_producer_api-* --exact routes::upsert::cost::write_path_cost
 /// ```
 ///
 /// The producer points at a closed port, so events stay in its queue: what is
@@ -336,8 +336,9 @@ mod cost {
         std::hint::black_box(response);
     }
 
+    /// Runs with the other tests, so the measurement keeps compiling and working (each
+    /// POST is handed to the producer); under callgrind it is the measurement.
     #[test]
-    #[ignore = "a measurement, run under callgrind"]
     fn write_path_cost() {
         let config =
             Config::try_parse_from(["producer-api", "--kafka-bootstrap-servers", "127.0.0.1:1"])
