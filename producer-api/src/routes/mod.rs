@@ -147,12 +147,12 @@ fn routes_within(limits: Option<Limits>) -> OpenApiRouter<Arc<AppState>> {
 
 pub fn router(state: Arc<AppState>) -> Router {
     let (mut router, document) = routes_within(Some(state.limits)).split_for_parts();
-    let document = openapi::Document::new(&document);
     if state.api_docs {
         // Beside the API's routes, not among them: the page is not part of the
         // contract, and the document does not list it.
-        router = router.merge(openapi::docs());
+        router = router.merge(openapi::docs(&document));
     }
+    let document = openapi::Document::new(&document, constraints::Reader::Tools);
     let middleware = ServiceBuilder::new()
         // Outermost first. Marking the key header sensitive keeps it out of any
         // log or debug output of the request.

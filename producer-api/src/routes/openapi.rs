@@ -11,6 +11,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::api_key;
+use super::constraints::Reader;
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -55,10 +56,10 @@ pub fn base() -> OpenApi {
 pub struct Document(Arc<String>);
 
 impl Document {
-    pub fn new(openapi: &OpenApi) -> Self {
+    pub fn new(openapi: &OpenApi, reader: Reader) -> Self {
         // The document is built from types that always serialise.
         let mut document = serde_json::to_value(openapi).unwrap_or_default();
-        super::constraints::state(&mut document);
+        super::constraints::state(&mut document, reader);
         Self(Arc::new(
             serde_json::to_string_pretty(&document).unwrap_or_default(),
         ))
@@ -80,15 +81,24 @@ pub async fn openapi_json(Extension(document): Extension<Document>) -> Response 
         .into_response()
 }
 
-/// `GET /docs`: Swagger UI reading `/openapi.json`. Its assets are compiled into the
-/// binary (the crate's `vendored` feature), so the page works where no CDN can be
-/// reached. It reads the document this module serves rather than one of its own, so
-/// the page shows exactly what clients get, constraints included.
-pub fn docs<S>() -> axum::Router<S>
+/// `GET /docs`: Swagger UI. Its assets are compiled into the binary (the crate's
+/// `vendored` feature), so the page works where no CDN can be reached. It reads
+/// `/docs/openapi.json`: the document clients get, except for the name patterns, which
+/// leave out the characters JavaScript cannot name (see [`Reader::Browser`]); without
+/// that, the page refused any name holding a digit before sending it.
+pub fn docs<S>(openapi: &OpenApi) -> axum::Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    SwaggerUi::new("/docs")
-        .config(utoipa_swagger_ui::Config::from("/openapi.json"))
-        .into()
+    let document = Document::new(openapi, Reader::Browser);
+    let page: axum::Router<S> = SwaggerUi::new("/docs")
+        .config(utoipa_swagger_ui::Config::from(BROWSER_DOCUMENT))
+        .into();
+    page.route(
+        BROWSER_DOCUMENT,
+        axum::routing::get(openapi_json).layer(Extension(document)),
+    )
 }
+
+/// Where the page reads its copy of the document.
+const BROWSER_DOCUMENT: &str = "/docs/openapi.json";
