@@ -99,27 +99,34 @@ impl BulkSink for BulkWriter {
                 truncate(&text)
             )));
         }
-        let parsed: BulkResponse = response
-            .json()
+        let body = response
+            .bytes()
             .await
             .map_err(|e| RequestFailed(format!("unreadable bulk response: {e}")))?;
-        if parsed.items.len() != writes.len() {
-            return Err(RequestFailed(format!(
-                "bulk response has {} items for {} writes",
-                parsed.items.len(),
-                writes.len()
-            )));
-        }
-        Ok(parsed
-            .items
-            .iter()
-            .zip(writes)
-            .map(|(item, write)| {
-                let result = item.values().next().cloned().unwrap_or_default();
-                classify(&result, write.document.deleted)
-            })
-            .collect())
+        parse_response(&body, writes)
     }
+}
+
+/// Judges a successful `_bulk` answer item by item, in the order of `writes`.
+pub fn parse_response(body: &[u8], writes: &[&Write]) -> Result<Vec<ItemAttempt>, RequestFailed> {
+    let parsed: BulkResponse = serde_json::from_slice(body)
+        .map_err(|e| RequestFailed(format!("unreadable bulk response: {e}")))?;
+    if parsed.items.len() != writes.len() {
+        return Err(RequestFailed(format!(
+            "bulk response has {} items for {} writes",
+            parsed.items.len(),
+            writes.len()
+        )));
+    }
+    Ok(parsed
+        .items
+        .iter()
+        .zip(writes)
+        .map(|(item, write)| {
+            let result = item.values().next().cloned().unwrap_or_default();
+            classify(&result, write.document.deleted)
+        })
+        .collect())
 }
 
 /// The parts of each item's answer that `classify` reads.
