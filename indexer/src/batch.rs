@@ -63,9 +63,7 @@ impl Batch {
             message.payload().map_or(0, <[u8]>::len) + message.key().map_or(0, <[u8]>::len);
         self.consumed.record(&message);
         match decode(codec, &message) {
-            // The decoded write is dropped: the message is smaller, and the
-            // survivors are decoded again when written.
-            Decoded::Write(write) => self.newest.offer(write.key(), message),
+            Decoded::Write(write) => self.newest.offer(message, write),
             Decoded::Poison(cause) => self.poison.push(Poison { message, cause }),
         }
     }
@@ -127,7 +125,10 @@ mod tests {
         batch.push(&codec, MessageBuilder::tombstone("paris").at(0, 7).build());
         assert_eq!(batch.len(), 4);
         assert_eq!(batch.newest.len(), 2);
-        assert_eq!(batch.newest.get("paris").map(Message::offset), Some(7));
+        assert_eq!(
+            batch.newest.get("paris").map(|n| n.message.offset()),
+            Some(7)
+        );
         assert_eq!(batch.poison.len(), 1, "a newer write does not hide poison");
         assert_eq!(batch.poison[0].message.offset(), 4);
         assert_eq!(

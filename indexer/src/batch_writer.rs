@@ -16,8 +16,9 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::batch::Batch;
 use crate::bulk::{BulkLimits, BulkSink, ItemAttempt, ItemOutcome, RequestFailed};
+use crate::coalesce::Newest;
 use crate::dead_letter::{DeadLetterReason, PoisonCause, PoisonSink, is_redriven};
-use crate::decode::{Decoded, Write, decode};
+use crate::decode::Write;
 use crate::fetch::BatchReceiver;
 use crate::metrics::{IndexedResult, Metrics, RedriveResult, RetryReason};
 use crate::retry::{Interrupted, Retry};
@@ -128,21 +129,17 @@ impl<S: BulkSink, P: PoisonSink> BatchWriter<S, P> {
         for poison in &batch.poison {
             self.take_poison(&poison.message, &poison.cause).await?;
         }
-        let messages: Vec<&OwnedMessage> = batch.newest.messages().collect();
-        futures::stream::iter(messages.chunks(self.limits.documents.max(1)))
+        let newest: Vec<&Newest> = batch.newest.entries().collect();
+        futures::stream::iter(newest.chunks(self.limits.documents.max(1)))
             .map(|chunk| self.write_request(chunk, batch))
             .buffer_unordered(self.limits.concurrency.max(1))
             .try_collect()
             .await
     }
 
-    /// One bulk request's worth of the batch's messages, decoded (again: decoding
-    /// them when they joined the batch only chose them), written, and judged.
-    async fn write_request(
-        &self,
-        chunk: &[&OwnedMessage],
-        batch: &Batch,
-    ) -> Result<(), Interrupted> {
+    /// One bulk request's worth of the batch's writes (decoded when their messages
+    /// joined the batch), written, and judged.
+    async fn write_request(&self, chunk: &[&Newest], batch: &Batch) -> Result<(), Interrupted> {
         // Bounds requests in flight across both batches being written.
         // The semaphore is never closed.
         let _request = self
@@ -150,16 +147,10 @@ impl<S: BulkSink, P: PoisonSink> BatchWriter<S, P> {
             .acquire()
             .await
             .map_err(|_| Interrupted::Aborted)?;
-        let mut writes = Vec::with_capacity(chunk.len());
-        for message in chunk {
-            match decode(&self.codec, message) {
-                Decoded::Write(write) => writes.push(write),
-                Decoded::Poison(cause) => self.take_poison(message, &cause).await?,
-            }
-        }
+        let writes = chunk.iter().map(|newest| newest.write.clone()).collect();
         for (write, outcome) in self.write_with_retries(writes).await? {
             // Every write was decoded from the batch's message for its city.
-            let message = batch.newest.get(write.key());
+            let message = batch.newest.get(write.key()).map(|newest| &newest.message);
             if message.is_some_and(is_redriven) {
                 match outcome {
                     ItemOutcome::Stale => self.metrics.redriven(RedriveResult::Superseded),

@@ -99,27 +99,31 @@ impl BulkSink for BulkWriter {
                 truncate(&text)
             )));
         }
-        let parsed: BulkResponse = response
-            .json()
+        let body = response
+            .bytes()
             .await
             .map_err(|e| RequestFailed(format!("unreadable bulk response: {e}")))?;
-        if parsed.items.len() != writes.len() {
-            return Err(RequestFailed(format!(
-                "bulk response has {} items for {} writes",
-                parsed.items.len(),
-                writes.len()
-            )));
-        }
-        Ok(parsed
-            .items
-            .iter()
-            .zip(writes)
-            .map(|(item, write)| {
-                let result = item.values().next().cloned().unwrap_or_default();
-                classify(&result, write.document.deleted)
-            })
-            .collect())
+        parse_response(&body, writes)
     }
+}
+
+/// Judges a successful `_bulk` answer item by item, in the order of `writes`.
+pub fn parse_response(body: &[u8], writes: &[&Write]) -> Result<Vec<ItemAttempt>, RequestFailed> {
+    let parsed: BulkResponse = serde_json::from_slice(body)
+        .map_err(|e| RequestFailed(format!("unreadable bulk response: {e}")))?;
+    if parsed.items.len() != writes.len() {
+        return Err(RequestFailed(format!(
+            "bulk response has {} items for {} writes",
+            parsed.items.len(),
+            writes.len()
+        )));
+    }
+    Ok(parsed
+        .items
+        .iter()
+        .zip(writes)
+        .map(|(item, write)| classify(&item.result, write.document.deleted))
+        .collect())
 }
 
 /// The parts of each item's answer that `classify` reads.
@@ -170,7 +174,23 @@ pub struct ItemResult {
 
 #[derive(Deserialize)]
 struct BulkResponse {
-    items: Vec<std::collections::HashMap<String, ItemResult>>,
+    items: Vec<Item>,
+}
+
+/// One item's answer, under the name of its action. The indexer only sends
+/// `index` actions; reading the one field by name rather than into a map per item
+/// saves a map, a string and a copy per document (3.8k of 26k instructions per
+/// event before). An item without it has status 0 and is retried.
+#[derive(Deserialize)]
+struct Item {
+    #[serde(
+        default,
+        rename = "index",
+        alias = "create",
+        alias = "update",
+        alias = "delete"
+    )]
+    result: ItemResult,
 }
 
 pub fn classify(item: &ItemResult, is_delete: bool) -> ItemAttempt {
@@ -276,6 +296,31 @@ mod tests {
             classify(&write_block, false),
             ItemAttempt::Retry(_)
         ));
+    }
+
+    #[test]
+    fn responses_are_read_item_by_item_in_order() {
+        let document = |deleted| Write {
+            document: CityDocument {
+                deleted,
+                ..CityDocument::deleted("k", None, 0, 0, 1)
+            },
+            occurred_at_micros: 0,
+        };
+        let (kept, gone) = (document(false), document(true));
+        let body = br#"{"items":[{"index":{"status":201,"result":"created"}},{"index":{"status":409,"error":{"type":"version_conflict_engine_exception","reason":"r"}}},{"index":{"status":200,"result":"updated"}},{}]}"#;
+        let attempts = parse_response(body, &[&kept, &kept, &gone, &kept]).unwrap();
+        assert_eq!(attempts[0], ItemAttempt::Done(ItemOutcome::Created));
+        assert_eq!(attempts[1], ItemAttempt::Done(ItemOutcome::Stale));
+        assert_eq!(attempts[2], ItemAttempt::Done(ItemOutcome::Deleted));
+        assert!(
+            matches!(attempts[3], ItemAttempt::Retry(_)),
+            "no answer: retried"
+        );
+        assert!(
+            parse_response(body, &[&kept]).is_err(),
+            "item count must match"
+        );
     }
 
     fn failed(status: Option<u16>, error: Value) -> ItemResult {
