@@ -71,6 +71,67 @@ impl Order {
     }
 }
 
+/// A producer for filling topics: every replica acknowledges, and idempotence keeps
+/// each partition in send order (P7's JSON twins rely on it); large batches.
+pub fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?)
+}
+
+/// Sends one Avro event per entry of `cities` (the city's index) to `topic`, as
+/// producer-api writes them, and returns the document each becomes, with the
+/// partition and offset Kafka gave it, in no particular order.
+pub async fn send_events(
+    producer: &FutureProducer,
+    topic: &str,
+    cities: &[usize],
+) -> anyhow::Result<Vec<CityDocument>> {
+    let codec = Codec::new();
+    let sent: Vec<anyhow::Result<CityDocument>> = futures::stream::iter(cities.iter().enumerate())
+        .map(|(i, &city)| {
+            let codec = &codec;
+            async move {
+                let name = city_name(city);
+                let key = CityKey::parse(&name)?.as_str().to_owned();
+                let event = CityPopulationUpdated {
+                    event_id: uuid::Uuid::now_v7().to_string(),
+                    city: name,
+                    population: (i as i64) * 7 % 10_000_000,
+                    occurred_at: chrono::Utc::now().timestamp_micros(),
+                };
+                let payload = codec.encode(&event)?;
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: "content-type",
+                    value: Some(event::CONTENT_TYPE),
+                });
+                let record = FutureRecord::to(topic)
+                    .key(&key)
+                    .payload(&payload)
+                    .headers(headers);
+                let delivery = producer
+                    .send(record, Duration::from_secs(60))
+                    .await
+                    .map_err(|(e, _)| anyhow::anyhow!("sending to {topic}: {e}"))?;
+                Ok(CityDocument::from_event(
+                    &key,
+                    &event,
+                    delivery.partition,
+                    delivery.offset,
+                ))
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    sent.into_iter().collect()
+}
+
 pub struct Preloaded {
     pub topic: String,
     pub seconds: f64,
@@ -89,57 +150,11 @@ pub async fn preload(
     cities: usize,
     seed: u64,
 ) -> anyhow::Result<Preloaded> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "20")
-        .set("batch.size", "1000000")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
-    let codec = Codec::new();
+    let producer = producer(bootstrap)?;
     let keys = order.cities(events, cities, seed)?;
     let started = Instant::now();
-    let results: Vec<anyhow::Result<CityDocument>> =
-        futures::stream::iter(keys.into_iter().enumerate())
-            .map(|(i, city)| {
-                let producer = &producer;
-                let codec = &codec;
-                async move {
-                    let name = city_name(city);
-                    let key = CityKey::parse(&name)?.as_str().to_owned();
-                    let event = CityPopulationUpdated {
-                        event_id: uuid::Uuid::now_v7().to_string(),
-                        city: name,
-                        population: (i as i64) * 7 % 10_000_000,
-                        occurred_at: chrono::Utc::now().timestamp_micros(),
-                    };
-                    let payload = codec.encode(&event)?;
-                    let headers = OwnedHeaders::new().insert(Header {
-                        key: "content-type",
-                        value: Some(event::CONTENT_TYPE),
-                    });
-                    let record = FutureRecord::to(topic)
-                        .key(&key)
-                        .payload(&payload)
-                        .headers(headers);
-                    let delivery = producer
-                        .send(record, Duration::from_secs(60))
-                        .await
-                        .map_err(|(e, _)| anyhow::anyhow!("preload send: {e}"))?;
-                    Ok(CityDocument::from_event(
-                        &key,
-                        &event,
-                        delivery.partition,
-                        delivery.offset,
-                    ))
-                }
-            })
-            .buffer_unordered(IN_FLIGHT)
-            .collect()
-            .await;
+    let mut all = send_events(&producer, topic, &keys).await?;
     let seconds = started.elapsed().as_secs_f64();
-    let mut all = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
     all.sort_unstable_by_key(|d| (d.version, d.partition));
     let mut last: HashMap<&str, &CityDocument> = HashMap::with_capacity(cities);
     for document in &all {

@@ -15,20 +15,16 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use citypop_schemas::CityKey;
 use citypop_schemas::document::{self, CityDocument};
-use citypop_schemas::event::{self, CityPopulationUpdated, Codec};
 use citypop_tests::kafka::Kafka;
 use citypop_tests::{Names, Readiness, Stack, spawn_indexer_with};
 use futures::StreamExt;
-use rdkafka::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::measures::{Bench, Record};
-use crate::preload::{Order, city_name};
+use crate::preload::{self, Order};
 use crate::report::{
     CPU_CEILING, CPU_CITYPOP, CPU_ENGINE, CPU_TOTAL, Sample as ReportSample, Target,
 };
@@ -248,53 +244,8 @@ async fn fill(
     json_topic: &str,
     cities: &[usize],
 ) -> anyhow::Result<HashMap<String, CityDocument>> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("acks", "all")
-        // Idempotence keeps each partition in send order, which the JSON twin relies on.
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "20")
-        .set("batch.size", "1000000")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
-    let codec = Codec::new();
-    let sent: Vec<anyhow::Result<CityDocument>> = futures::stream::iter(cities.iter().enumerate())
-        .map(|(i, &city)| {
-            let (producer, codec) = (&producer, &codec);
-            async move {
-                let name = city_name(city);
-                let key = CityKey::parse(&name)?.as_str().to_owned();
-                let event = CityPopulationUpdated {
-                    event_id: uuid::Uuid::now_v7().to_string(),
-                    city: name,
-                    population: (i as i64) * 7 % 10_000_000,
-                    occurred_at: chrono::Utc::now().timestamp_micros(),
-                };
-                let payload = codec.encode(&event)?;
-                let headers = OwnedHeaders::new().insert(Header {
-                    key: "content-type",
-                    value: Some(event::CONTENT_TYPE),
-                });
-                let record = FutureRecord::to(avro_topic)
-                    .key(&key)
-                    .payload(&payload)
-                    .headers(headers);
-                let delivery = producer
-                    .send(record, Duration::from_secs(60))
-                    .await
-                    .map_err(|(e, _)| anyhow::anyhow!("P7 fill: {e}"))?;
-                Ok(CityDocument::from_event(
-                    &key,
-                    &event,
-                    delivery.partition,
-                    delivery.offset,
-                ))
-            }
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .collect()
-        .await;
-    let mut documents = sent.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    let producer = preload::producer(bootstrap)?;
+    let mut documents = preload::send_events(&producer, avro_topic, cities).await?;
     documents.sort_unstable_by_key(|d| (d.partition, d.version));
 
     let twins: Vec<anyhow::Result<()>> = futures::stream::iter(&documents)
