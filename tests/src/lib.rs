@@ -43,13 +43,9 @@ impl Stack {
             reachable(&first_broker),
             "kafka at {kafka} is unreachable: {HOW_TO_START}"
         );
-        let engine_host = elasticsearch
-            .trim_start_matches("http://")
-            .trim_start_matches("https://")
-            .trim_end_matches('/')
-            .to_owned();
+        let engine_host = host_of(&elasticsearch);
         assert!(
-            reachable(&engine_host),
+            reachable(engine_host),
             "the search engine at {elasticsearch} is unreachable: {HOW_TO_START}"
         );
         Self {
@@ -57,6 +53,17 @@ impl Stack {
             elasticsearch,
         }
     }
+
+    /// The engine's `host:port`, as a TCP proxy in front of it needs it.
+    pub fn engine_host(&self) -> &str {
+        host_of(&self.elasticsearch)
+    }
+}
+
+fn host_of(url: &str) -> &str {
+    url.trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
 }
 
 fn reachable(host_port: &str) -> bool {

@@ -159,7 +159,7 @@ async fn an_engine_outage_is_retried_without_loss_or_dead_letters() {
     let stack = Stack::from_env();
     let names = Names::unique("outage");
     let kafka = Kafka::connect(&stack.kafka);
-    let proxy = FaultProxy::start(stack.elasticsearch.trim_start_matches("http://")).await;
+    let proxy = FaultProxy::start(stack.engine_host()).await;
     let indexer = spawn_indexer_with(
         &stack,
         &names,
@@ -673,7 +673,7 @@ async fn partitions_assigned_during_an_outage_stay_paused_and_nothing_is_lost() 
     let stack = Stack::from_env();
     let names = Names::unique("rebalance-outage");
     let kafka = Kafka::connect(&stack.kafka);
-    let proxy = FaultProxy::start(stack.elasticsearch.trim_start_matches("http://")).await;
+    let proxy = FaultProxy::start(stack.engine_host()).await;
     let through_proxy = [
         ("CITYPOP_ELASTICSEARCH_URL", proxy.url()),
         ("CITYPOP_RETRY_MAX_DELAY", "1s".into()),
@@ -825,7 +825,7 @@ async fn status_shows_committed_offsets_pauses_and_the_last_error() {
     let stack = Stack::from_env();
     let names = Names::unique("status");
     let kafka = Kafka::connect(&stack.kafka);
-    let proxy = FaultProxy::start(stack.elasticsearch.trim_start_matches("http://")).await;
+    let proxy = FaultProxy::start(stack.engine_host()).await;
     let indexer = spawn_indexer_with(
         &stack,
         &names,

@@ -155,12 +155,7 @@ fn dashboard_queries() -> Vec<(String, String)> {
 async fn prometheus_scrapes_both_loads_every_alert_answers_every_panel_and_sees_a_frozen_engine() {
     let stack = Stack::from_env();
     let names = Names::unique("monitoring");
-    let engine_host = stack
-        .elasticsearch
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let engine = FaultProxy::start(&engine_host).await;
+    let engine = FaultProxy::start(stack.engine_host()).await;
     let indexer = spawn_indexer_with(
         &stack,
         &names,

@@ -10,6 +10,7 @@ use citypop_tests::fault_proxy::FaultProxy;
 use citypop_tests::{Names, Readiness, Service, Stack, spawn_indexer, spawn_producer_api_with};
 use serde_json::json;
 
+use super::assert_unavailable;
 use super::key;
 
 /// A window far above a request's own time, so concurrent requests surely meet.
@@ -183,11 +184,7 @@ async fn an_engine_outage_gives_each_batched_read_the_documented_503() {
     let stack = Stack::from_env();
     let names = Names::unique("batchoutage");
     let _indexer = spawn_indexer(&stack, &names).await;
-    let engine_host = stack
-        .elasticsearch
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
-    let engine = FaultProxy::start(engine_host).await;
+    let engine = FaultProxy::start(stack.engine_host()).await;
     let api = spawn_producer_api_with(
         &stack,
         &names,
@@ -233,14 +230,4 @@ async fn an_engine_outage_gives_each_batched_read_the_documented_503() {
             reply.elapsed
         );
     }
-}
-
-fn assert_unavailable(reply: &Reply) {
-    reply.assert_problem(503, "unavailable");
-    let retry_after: u64 = reply
-        .header("retry-after")
-        .expect("retry-after")
-        .parse()
-        .expect("retry-after in seconds");
-    assert!(retry_after >= 1);
 }

@@ -64,11 +64,7 @@ async fn a_hung_engine_cannot_hold_reads_nor_every_slot() {
     let stack = Stack::from_env();
     let names = Names::unique("hungengine");
     let _indexer = spawn_indexer(&stack, &names).await;
-    let engine_host = stack
-        .elasticsearch
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
-    let engine = FaultProxy::start(engine_host).await;
+    let engine = FaultProxy::start(stack.engine_host()).await;
     let api = spawn_producer_api_with(
         &stack,
         &names,

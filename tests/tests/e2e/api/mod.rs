@@ -20,6 +20,7 @@ mod upsert;
 use std::time::Duration;
 
 use citypop_schemas::CityKey;
+use citypop_tests::api_client::Reply;
 use citypop_tests::{Names, Service, Stack, spawn_indexer, spawn_producer_api};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -70,4 +71,15 @@ async fn chunked_post(base_url: &str, path: &str, size: usize) -> String {
     };
     let (_, answer) = tokio::join!(write, read);
     String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Asserts a 503 `unavailable` problem that says when to come back.
+pub(super) fn assert_unavailable(reply: &Reply) {
+    reply.assert_problem(503, "unavailable");
+    let retry_after: u64 = reply
+        .header("retry-after")
+        .expect("retry-after")
+        .parse()
+        .expect("retry-after in seconds");
+    assert!(retry_after >= 1);
 }

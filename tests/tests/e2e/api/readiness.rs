@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::assert_unavailable;
 use citypop_tests::api_client::{ApiClient, Reply};
 use citypop_tests::fault_proxy::FaultProxy;
 use citypop_tests::kafka::Kafka;
@@ -12,17 +13,6 @@ use citypop_tests::{Names, Readiness, Stack, spawn_indexer, spawn_producer_api_w
 /// The longest a probe may take to answer, whatever a dependency does: Kubernetes
 /// counts a slow probe as a failed one.
 const PROBE_ANSWERS_WITHIN: Duration = Duration::from_secs(3);
-
-/// Asserts a 503 `unavailable` problem that says when to come back.
-fn assert_unavailable(reply: &Reply) {
-    reply.assert_problem(503, "unavailable");
-    let retry_after: u64 = reply
-        .header("retry-after")
-        .expect("retry-after")
-        .parse()
-        .expect("retry-after in seconds");
-    assert!(retry_after >= 1);
-}
 
 /// Asserts the status of a probe, and that it answered in time.
 async fn assert_probe(client: &ApiClient, path: &str, status: u16) -> Reply {
@@ -41,11 +31,7 @@ async fn a_frozen_engine_stops_reads_but_never_writes() {
     let stack = Stack::from_env();
     let names = Names::unique("frozenengine");
     let _indexer = spawn_indexer(&stack, &names).await;
-    let engine_host = stack
-        .elasticsearch
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
-    let engine = FaultProxy::start(engine_host).await;
+    let engine = FaultProxy::start(stack.engine_host()).await;
     let api = spawn_producer_api_with(
         &stack,
         &names,

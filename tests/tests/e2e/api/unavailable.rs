@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::assert_unavailable;
 use citypop_tests::api_client::ApiClient;
 use citypop_tests::fault_proxy::FaultProxy;
 use citypop_tests::{Names, Readiness, Stack, spawn_indexer, spawn_producer_api_with, unused_port};
@@ -59,13 +60,7 @@ async fn unreachable_kafka_gives_503_with_retry_after() {
             .await,
     ];
     for reply in &writes {
-        reply.assert_problem(503, "unavailable");
-        let retry_after: u64 = reply
-            .header("retry-after")
-            .expect("retry-after")
-            .parse()
-            .expect("retry-after in seconds");
-        assert!(retry_after >= 1);
+        assert_unavailable(reply);
         assert!(
             reply.elapsed < publish_timeout + Duration::from_millis(1500),
             "a 503 took {:?}, past the publish timeout",
