@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::RuntimeFlavor;
@@ -117,8 +118,12 @@ where
         tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync)).await;
     match committed {
         Ok(Ok(())) => tracing::info!("offsets committed"),
-        // Nothing stored since the last commit is reported as an error too.
-        Ok(Err(error)) => tracing::info!(%error, "final commit"),
+        // librdkafka reports "nothing stored since the last commit" as an error;
+        // it is the usual case after a quiet spell, not a failure.
+        Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) => {
+            tracing::info!("final commit: nothing new to commit")
+        }
+        Ok(Err(error)) => tracing::warn!(%error, "final commit failed"),
         Err(error) => tracing::warn!(%error, "final commit did not run"),
     }
 }
