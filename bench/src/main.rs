@@ -107,6 +107,11 @@ pub struct Args {
     /// Read cache TTL of P4's second producer-api (`CITYPOP_READ_CACHE_TTL`).
     #[arg(long, default_value = "1s")]
     read_cache_ttl: String,
+    /// A further setting for every indexer the bench starts, as `NAME=value` (e.g.
+    /// `CITYPOP_BATCH_MAX_EVENTS=50000`); repeatable. For trying a setting before
+    /// changing its default; the results record it with the others.
+    #[arg(long = "indexer-env", value_name = "NAME=value", value_parser = parse_setting)]
+    indexer_env: Vec<(String, String)>,
     /// The stack's directory, for the Kafka broker's pid file (its CPU time);
     /// `CITYPOP_STACK_DIR` or `.stack`.
     #[arg(long, env = "CITYPOP_STACK_DIR", default_value = ".stack")]
@@ -122,6 +127,13 @@ pub struct Args {
     /// little.
     #[arg(long)]
     smoke: bool,
+}
+
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("expected NAME=value, got {text:?}")),
+    }
 }
 
 fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

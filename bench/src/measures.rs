@@ -121,8 +121,8 @@ impl Bench {
     }
 
     /// The settings every indexer the bench starts is given.
-    pub fn indexer_settings(&self) -> Vec<(&'static str, String)> {
-        vec![
+    pub fn indexer_settings(&self) -> Vec<(&str, String)> {
+        let mut settings = vec![
             (
                 "CITYPOP_BULK_MAX_DOCUMENTS",
                 self.args.bulk_size.to_string(),
@@ -133,7 +133,15 @@ impl Bench {
             ),
             ("CITYPOP_COMMIT_INTERVAL", "200ms".to_owned()),
             ("CITYPOP_LOG", "warn".to_owned()),
-        ]
+        ];
+        // Later entries win: a setting given on the command line replaces the above.
+        settings.extend(
+            self.args
+                .indexer_env
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.clone())),
+        );
+        settings
     }
 
     pub fn services_settings(&self) -> Value {
