@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::Message;
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::OwnedMessage;
 use serde::Serialize;
@@ -41,6 +42,7 @@ use crate::batch::{Batch, BatchLimits};
 use crate::batch_writer::BatchWriter;
 use crate::bulk::BulkWriter;
 use crate::config::{Config, ReplayArgs};
+use crate::consumer;
 use crate::dead_letter::{self, PoisonCause, PoisonSink};
 use crate::fetch::Flow;
 use crate::index_admin::{
@@ -78,17 +80,24 @@ pub struct Summary {
     pub deleted_previous: bool,
 }
 
+/// The replay consumer's librdkafka settings.
+fn replay_client_config(config: &Config) -> ClientConfig {
+    let mut consumer_config = config.kafka.client_config("citypop-indexer-replay");
+    offsets::configure_manual(&mut consumer_config);
+    consumer::refetch_promptly(&mut consumer_config);
+    consumer_config
+        // Assigned, never subscribed and never committed: the group id only
+        // names this reader in the broker's logs.
+        .set("group.id", format!("{}.replay", config.consumer_group));
+    consumer_config
+}
+
 pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     let client = config.engine.client()?;
     let alias = config.engine.index_alias.clone();
     let topic = config.kafka.topic.clone();
-    let mut consumer_config = config.kafka.client_config("citypop-indexer-replay");
-    offsets::configure_manual(&mut consumer_config);
     let consumer: Arc<StreamConsumer> = Arc::new(
-        consumer_config
-            // Assigned, never subscribed and never committed: the group id only
-            // names this reader in the broker's logs.
-            .set("group.id", format!("{}.replay", config.consumer_group))
+        replay_client_config(config)
             .create()
             .context("creating the replay consumer")?,
     );
@@ -495,5 +504,26 @@ impl PoisonSink for NotIndexed {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         *counts.entry(cause.reason.as_str()).or_default() += 1;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::consumer::tests::fetch_queue_backoff;
+
+    /// Replay reads as fast as the engine takes writes; a full prefetch queue must
+    /// not leave it with nothing to read (see the group consumer's test).
+    #[test]
+    fn a_full_prefetch_queue_is_fetched_again_within_a_batch_linger() {
+        let config = Config::parse_from(["indexer"]);
+        let backoff = fetch_queue_backoff(&replay_client_config(&config));
+        assert!(
+            backoff < config.batch.linger,
+            "fetch.queue.backoff.ms {backoff:?} is not below the batch linger {:?}",
+            config.batch.linger
+        );
     }
 }
