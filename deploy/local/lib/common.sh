@@ -243,3 +243,17 @@ java_home_of_path() {
   java=$(readlink -f "$java")
   dirname "$(dirname "$java")"
 }
+
+# Copies the runtime dependencies of the pom $1 into the directory $2 with Maven,
+# appending its output to the log $3. On failure: removes $2, shows the log's tail
+# and stops, saying "mvn could not collect $4". Further arguments go to mvn (-D...).
+maven_copy_dependencies() {
+  local pom=$1 dest=$2 log=$3 what=$4
+  shift 4
+  if ! mvn -q -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
+        -DoutputDirectory="$dest" "$@" >>"$log" 2>&1; then
+    rm -rf "$dest"
+    tail -n 40 "$log" >&2 || true
+    die "mvn could not collect $what; full output: $log"
+  fi
+}

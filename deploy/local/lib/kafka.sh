@@ -36,12 +36,8 @@ collect_kafka_classpath() {
   tmp="$lib.tmp.$$"
   log="$lib.mvn.log"
   rm -rf "$tmp"
-  if ! mvn -q -B -f "$pom" dependency:copy-dependencies \
-        -DincludeScope=runtime -DoutputDirectory="$tmp" >"$log" 2>&1; then
-    rm -rf "$tmp"
-    tail -n 40 "$log" >&2 || true
-    die "mvn could not collect the Kafka classpath (full output: $log)"
-  fi
+  : >"$log"
+  maven_copy_dependencies "$pom" "$tmp" "$log" "the Kafka classpath"
   echo "$hash" >"$tmp/.pom.sha256"
   rm -rf "$lib"
   mv "$tmp" "$lib"

@@ -34,22 +34,16 @@ collect_pull_ingestion_jars() {
   tmp="$lib.tmp.$$"
   log="$lib.mvn.log"
   rm -rf "$tmp"
-  if ! mvn -q -B -f "$SCRIPT_DIR/engine/ingestion-kafka/pom.xml" dependency:copy-dependencies \
-        -Dopensearch.version="$version" -DincludeScope=runtime -DoutputDirectory="$tmp" >"$log" 2>&1; then
-    rm -rf "$tmp"
-    tail -n 40 "$log" >&2 || true
-    die "mvn could not collect org.opensearch.plugin:$PULL_INGESTION_PLUGIN:$version (is it on Maven Central?); full output: $log"
-  fi
+  : >"$log"
+  maven_copy_dependencies "$SCRIPT_DIR/engine/ingestion-kafka/pom.xml" "$tmp" "$log" \
+    "org.opensearch.plugin:$PULL_INGESTION_PLUGIN:$version (is it on Maven Central?)" \
+    -Dopensearch.version="$version"
   clients=$(find "$tmp" -name 'kafka-clients-*.jar' -printf '%f\n' | sed 's/^kafka-clients-\(.*\)\.jar$/\1/')
   [ -n "$clients" ] || die "the $PULL_INGESTION_PLUGIN $version pom names no kafka-clients; see $log"
   present=$(find "$tmp" -name '*.jar' -printf '%f\n' | jar_artifact | paste -sd, -)
-  if ! mvn -q -B -f "$SCRIPT_DIR/engine/ingestion-kafka/codecs.xml" dependency:copy-dependencies \
-        -Dkafka.clients.version="$clients" -DincludeScope=runtime -DexcludeArtifactIds="$present" \
-        -DoutputDirectory="$tmp" >>"$log" 2>&1; then
-    rm -rf "$tmp"
-    tail -n 40 "$log" >&2 || true
-    die "mvn could not collect the dependencies of kafka-clients $clients; full output: $log"
-  fi
+  maven_copy_dependencies "$SCRIPT_DIR/engine/ingestion-kafka/codecs.xml" "$tmp" "$log" \
+    "the dependencies of kafka-clients $clients" \
+    -Dkafka.clients.version="$clients" -DexcludeArtifactIds="$present"
   touch "$tmp/.complete"
   rm -rf "$lib"
   mv "$tmp" "$lib"
