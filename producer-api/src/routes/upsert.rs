@@ -227,7 +227,7 @@ async fn put(
 async fn publish(
     state: &AppState,
     update: &CityUpdate,
-    trace: &crate::trace_context::TraceParent,
+    trace: &crate::trace_context::RequestTrace,
 ) -> Result<Response, Problem> {
     let accepted = state
         .publisher
@@ -311,14 +311,14 @@ mod cost {
     use crate::metrics::Metrics;
     use crate::metrics::RouteLabel;
     use crate::publisher::{ProducerSettings, Publisher};
-    use crate::trace_context::TraceParent;
+    use crate::trace_context::RequestTrace;
 
     pub const POSTS: usize = 2_000;
 
     /// What `POST /city` does between hyper and librdkafka, in order.
     #[inline(never)]
     fn one_post(publisher: &Publisher, metrics: &Metrics, body: &[u8], traceparent: &str) {
-        let trace = TraceParent::parse(traceparent).map_or_else(TraceParent::start, |p| p.child());
+        let trace = RequestTrace::from_traceparent(traceparent);
         let body: Value = serde_json::from_slice(body).expect("valid body");
         let update = CityUpdate::try_from(&body).expect("valid update");
         let pending = publisher.update(&update.name, update.population, &trace);
