@@ -171,7 +171,10 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN))
                 .on_response(
                     |response: &Response, latency: std::time::Duration, span: &tracing::Span| {
-                        span.record("http.response.status_code", response.status().as_u16());
+                        span.record(
+                            "http.response.status_code",
+                            i64::from(response.status().as_u16()),
+                        );
                         DefaultOnResponse::new().on_response(response, latency, span);
                     },
                 ),
