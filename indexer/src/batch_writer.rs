@@ -135,8 +135,13 @@ impl<S: BulkSink, P: PoisonSink> BatchWriter<S, P> {
             events = batch.len(),
             documents = batch.newest.len(),
             poison = batch.poison.len(),
+            trace_id = tracing::field::Empty,
         );
         if exported(&span) {
+            // In every log line of the batch, to find its trace.
+            if let Some(trace_id) = span.in_scope(citypop_runtime::telemetry::current_trace_id) {
+                span.record("trace_id", trace_id);
+            }
             let messages = batch
                 .newest
                 .entries()
