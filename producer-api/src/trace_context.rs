@@ -104,6 +104,21 @@ impl RequestTrace {
         Self::new(incoming.fallback, false)
     }
 
+    /// What a handler gets for a request with `traceparent`, inside the current span,
+    /// as [`TraceContext`]'s extractor makes it (the traced cost measurement).
+    #[cfg(test)]
+    pub fn in_current_span(traceparent: &str) -> Self {
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = traceparent.parse() {
+            headers.insert("traceparent", value);
+        }
+        let incoming = Incoming::from_headers(&headers);
+        let span = tracing::Span::current();
+        let _ = span.set_parent(incoming.caller.clone());
+        let (span_context, exported) = incoming.own(&span);
+        Self::new(span_context, exported)
+    }
+
     /// The `traceparent`/`tracestate` headers of events with no produce span.
     pub fn headers(&self) -> &[(String, String)] {
         &self.headers
