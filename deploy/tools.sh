@@ -16,6 +16,9 @@ tools=${CITYPOP_TOOLS_DIR:-$PWD/.tools}
 cache=${CITYPOP_CACHE_DIR:-$HOME/.cache/citypop}
 promtool=$cache/tools/promtool-$prometheus_version/promtool
 prometheus=$cache/tools/prometheus-$prometheus_version/prometheus
+# Jaeger v2's Go module is tagged v1.x (cmd/jaeger is the v2 all-in-one).
+jaeger_version=v1.75.0
+jaeger=$cache/tools/jaeger-$jaeger_version/jaeger
 
 install_python_tools() {
   local venv=$tools/venv requirements=deploy/requirements.txt stamp
@@ -66,6 +69,29 @@ install_go_tool() {
   # nice: a Go build takes every core, and CI machines are shared.
   GOBIN=$(dirname "$1") GOFLAGS=-buildvcs=false nice go install \
     "github.com/prometheus/prometheus/cmd/$2@$prometheus_version"
+}
+
+# Jaeger, for the tracing e2e test, the bench's --tracing on and CITYPOP_TRACING=jaeger.
+# `go install jaeger@version` refuses the module (its go.mod has replace directives),
+# so a throw-away tools module resolves it and `go build` builds the command from it.
+# Built from the module proxy, its web UI is a placeholder page; the query API works.
+install_jaeger() {
+  [[ -x $jaeger ]] && return
+  command -v go >/dev/null || fail "go is needed to install jaeger ($jaeger_version)"
+  step "building jaeger $jaeger_version with go build (once; about 4 minutes)"
+  local dir work
+  dir=$(dirname "$jaeger")
+  work=$(mktemp -d)
+  mkdir -p "$dir"
+  (
+    cd "$work" &&
+      go mod init citypop-tools/jaeger >/dev/null 2>&1 &&
+      GOFLAGS=-buildvcs=false go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$jaeger_version" &&
+      GOFLAGS=-buildvcs=false nice go build -o "$work/jaeger" github.com/jaegertracing/jaeger/cmd/jaeger
+  ) || { rm -rf "$work"; fail "building jaeger $jaeger_version failed"; }
+  # Moved into place only when complete, so an interrupted build is redone.
+  mv "$work/jaeger" "$jaeger"
+  rm -rf "$work"
 }
 
 install_promtool() { install_go_tool "$promtool" promtool; }

@@ -42,6 +42,13 @@ use crate::preload::Order;
 /// A measure, selected with `--measures`. Adding one: a variant here, its function
 /// in `measures.rs`, and an arm in `run_measure`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tracing {
+    Off,
+    On,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[value(rename_all = "UPPER")]
 pub enum Measure {
     /// Indexer drain of the preloaded topic vs the raw `_bulk` ceilings.
@@ -112,6 +119,11 @@ pub struct Args {
     /// changing its default; the results record it with the others.
     #[arg(long = "indexer-env", value_name = "NAME=value", value_parser = parse_setting)]
     indexer_env: Vec<(String, String)>,
+    /// `on`: the live producer-api services export traces to a Jaeger the bench starts
+    /// from `CITYPOP_JAEGER` (on its default ports, 4317 and 16686), at the default
+    /// sampling ratio; to measure what tracing costs P3 and P4 against `off`.
+    #[arg(long, value_enum, default_value_t = Tracing::Off)]
+    tracing: Tracing,
     /// The stack's directory, for the Kafka broker's pid file (its CPU time);
     /// `CITYPOP_STACK_DIR` or `.stack`.
     #[arg(long, env = "CITYPOP_STACK_DIR", default_value = ".stack")]

@@ -79,6 +79,35 @@ pub struct Bench {
     post_rate: Option<f64>,
     /// Written to every index and topic name, so a run's leftovers are recognisable.
     run_id: Names,
+    /// The Jaeger of `--tracing on`, killed with the bench.
+    jaeger: Option<Jaeger>,
+}
+
+/// The OTLP endpoint of the Jaeger `--tracing on` starts (its default gRPC port).
+const JAEGER_OTLP: &str = "http://127.0.0.1:4317";
+
+struct Jaeger(std::process::Child);
+
+impl Drop for Jaeger {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_jaeger() -> anyhow::Result<Jaeger> {
+    let binary = std::env::var_os("CITYPOP_JAEGER").context(
+        "--tracing on needs CITYPOP_JAEGER, a jaeger binary (`. deploy/tools.sh; install_jaeger`)",
+    )?;
+    let child = std::process::Command::new(&binary)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", binary.to_string_lossy()))?;
+    // Ready well within this; the services' exporter retries meanwhile anyway.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    Ok(Jaeger(child))
 }
 
 impl Bench {
@@ -96,6 +125,10 @@ impl Bench {
                 args.stack_dir.display()
             );
         }
+        let jaeger = match args.tracing {
+            crate::Tracing::On => Some(start_jaeger()?),
+            crate::Tracing::Off => None,
+        };
         Ok(Self {
             args,
             stack,
@@ -107,6 +140,7 @@ impl Bench {
             live: None,
             post_rate: None,
             run_id: Names::unique("bench"),
+            jaeger,
         })
     }
 
@@ -154,6 +188,7 @@ impl Bench {
             "indexer": indexer,
             "indexer_also": "CITYPOP_INDEX_REPLICAS=0 (one node)",
             "producer_api_cached": {"CITYPOP_READ_CACHE_TTL": self.args.read_cache_ttl},
+            "producer_api_tracing": self.args.tracing,
         })
     }
 
@@ -256,12 +291,13 @@ impl Bench {
             )
             .await;
             drain(self, &names, &indexer, self.args.cities).await?;
-            let quiet = [("CITYPOP_LOG", "warn".to_owned())];
+            let mut quiet = vec![("CITYPOP_LOG", "warn".to_owned())];
+            if self.jaeger.is_some() {
+                quiet.push(("CITYPOP_OTLP_ENDPOINT", JAEGER_OTLP.to_owned()));
+            }
             let api = spawn_producer_api_with(&self.stack, &names, &quiet, Readiness::Ready).await;
-            let cached = [
-                ("CITYPOP_LOG", "warn".to_owned()),
-                ("CITYPOP_READ_CACHE_TTL", self.args.read_cache_ttl.clone()),
-            ];
+            let mut cached = quiet.clone();
+            cached.push(("CITYPOP_READ_CACHE_TTL", self.args.read_cache_ttl.clone()));
             let cached_api =
                 spawn_producer_api_with(&self.stack, &names, &cached, Readiness::Ready).await;
             self.live = Some(Live {

@@ -57,6 +57,9 @@ step() { echo "==> $*"; }
 # shellcheck source=deploy/tools.sh
 . deploy/tools.sh
 install_prometheus
+# The tracing test's Jaeger.
+install_jaeger
+export CITYPOP_JAEGER=$jaeger
 mkdir -p "$tools"
 render_rules "$tools/citypop-rules.yml"
 export CITYPOP_PROMETHEUS=$prometheus CITYPOP_PROMETHEUS_RULES=$tools/citypop-rules.yml

@@ -123,3 +123,12 @@ def test_kafka_does_not_auto_create_topics(compose):
     assert "INTERNAL://kafka:19092" in env["KAFKA_ADVERTISED_LISTENERS"]
     for name in ("indexer", "producer-api"):
         assert compose["services"][name]["environment"]["CITYPOP_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:19092"
+
+
+def test_tracing_profile_runs_jaeger(compose):
+    services = active_services(compose, {"elasticsearch", "tracing"})
+    jaeger = services["jaeger"]
+    assert jaeger["image"].split(":")[0] == "jaegertracing/jaeger"
+    assert jaeger["profiles"] == ["tracing"]
+    for name in ("indexer", "producer-api"):
+        assert "CITYPOP_OTLP_ENDPOINT" in compose["services"][name]["environment"], name

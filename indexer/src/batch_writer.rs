@@ -13,6 +13,7 @@ use futures::stream::FuturesOrdered;
 use futures::{StreamExt, TryStreamExt};
 use rdkafka::message::OwnedMessage;
 use tokio::sync::{Semaphore, watch};
+use tracing::Instrument as _;
 
 use crate::batch::Batch;
 use crate::bulk::{BulkLimits, BulkSink, ItemAttempt, ItemOutcome, RequestFailed};
@@ -125,6 +126,33 @@ impl<S: BulkSink, P: PoisonSink> BatchWriter<S, P> {
     /// The batch holds one message per city, so its bulk requests share no document
     /// and may be in flight together in any order.
     pub async fn write(&self, batch: &Batch) -> Result<(), Interrupted> {
+        // Its own root: a batch merges many traces, which its links (one per
+        // message that has a trace context) lead to.
+        let span = tracing::info_span!(
+            parent: None,
+            "indexer.batch",
+            otel.kind = "consumer",
+            events = batch.len(),
+            documents = batch.newest.len(),
+            poison = batch.poison.len(),
+            trace_id = tracing::field::Empty,
+        );
+        if exported(&span) {
+            // In every log line of the batch, to find its trace.
+            if let Some(trace_id) = span.in_scope(citypop_runtime::telemetry::current_trace_id) {
+                span.record("trace_id", trace_id);
+            }
+            let messages = batch
+                .newest
+                .entries()
+                .map(|newest| &newest.message)
+                .chain(batch.poison.iter().map(|p| &p.message));
+            link_messages(&span, messages);
+        }
+        self.write_batch(batch).instrument(span).await
+    }
+
+    async fn write_batch(&self, batch: &Batch) -> Result<(), Interrupted> {
         self.metrics.consumed(batch.len());
         for poison in &batch.poison {
             self.take_poison(&poison.message, &poison.cause).await?;
@@ -140,6 +168,26 @@ impl<S: BulkSink, P: PoisonSink> BatchWriter<S, P> {
     /// One bulk request's worth of the batch's writes (decoded when their messages
     /// joined the batch), written, and judged.
     async fn write_request(&self, chunk: &[&Newest], batch: &Batch) -> Result<(), Interrupted> {
+        // A child of the batch's span, linked to the producing span of each message
+        // it writes.
+        let span = tracing::info_span!(
+            "indexer.bulk",
+            otel.kind = "client",
+            documents = chunk.len(),
+        );
+        if exported(&span) {
+            link_messages(&span, chunk.iter().map(|newest| &newest.message));
+        }
+        self.write_request_in_span(chunk, batch)
+            .instrument(span)
+            .await
+    }
+
+    async fn write_request_in_span(
+        &self,
+        chunk: &[&Newest],
+        batch: &Batch,
+    ) -> Result<(), Interrupted> {
         // Bounds requests in flight across both batches being written.
         // The semaphore is never closed.
         let _request = self
@@ -315,6 +363,26 @@ enum Attempted {
 
 /// The lists a bulk write keeps between attempts are only touched between awaits,
 /// so a poisoned lock can only come from a panic in a test's fake.
+/// Whether `span` is exported: only then is reading every message's trace context
+/// worth its cost.
+fn exported(span: &tracing::Span) -> bool {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    !span.is_disabled() && span.context().span().span_context().is_sampled()
+}
+
+/// Links `span` to the producing span of each message that carries a trace context.
+fn link_messages<'a>(span: &tracing::Span, messages: impl Iterator<Item = &'a OwnedMessage>) {
+    use rdkafka::Message as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    for message in messages {
+        let headers = message.headers().map(|h| h.as_borrowed());
+        if let Some(context) = citypop_runtime::telemetry::span_context_from_headers(headers) {
+            span.add_link(context);
+        }
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use citypop_runtime::{EngineArgs, KafkaArgs, LogArgs};
+use citypop_runtime::{EngineArgs, KafkaArgs, LogArgs, TraceArgs};
 
 use crate::batch::BatchLimits;
 use crate::bulk::BulkLimits;
@@ -89,6 +89,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub log: LogArgs,
+
+    #[command(flatten)]
+    pub traces: TraceArgs,
 }
 
 impl Config {

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::http::HeaderValue;
-use citypop_runtime::{EngineArgs, KafkaArgs, LogArgs};
+use citypop_runtime::{EngineArgs, KafkaArgs, LogArgs, TraceArgs};
 
 use crate::api_keys::ApiKeyList;
 
@@ -160,6 +160,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub log: LogArgs,
+
+    #[command(flatten)]
+    pub traces: TraceArgs,
 }
 
 /// A compression codec librdkafka can write and every Kafka client can read. zstd

@@ -4,7 +4,9 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    config.log.init()?;
+    let telemetry = config
+        .log
+        .init_with_traces(&config.traces, "citypop-producer-api")?;
     let app = Application::build(&config).await?;
     tracing::info!(
         listen = %app.local_addr()?,
@@ -14,5 +16,7 @@ async fn main() -> anyhow::Result<()> {
     );
     app.run_until(citypop_runtime::shutdown_signal()).await?;
     tracing::info!("producer-api stopped");
+    // Spans still queued are exported before the process exits.
+    telemetry.shutdown();
     Ok(())
 }

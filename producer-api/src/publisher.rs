@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 
 use crate::config::{Compression, Config};
 use crate::metrics::Metrics;
-use crate::trace_context::{self, TraceParent};
+use crate::trace_context::RequestTrace;
 
 /// How long a health check waits for Kafka's metadata answer.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
@@ -163,7 +163,7 @@ impl Publisher {
         &self,
         name: &CityName,
         population: Population,
-        trace: &TraceParent,
+        trace: &RequestTrace,
     ) -> Pending<'_> {
         let key = name.key();
         let event = CityPopulationUpdated {
@@ -176,25 +176,20 @@ impl Publisher {
             Ok(payload) => payload,
             Err(error) => return self.refused(event.event_id, key, error.into()),
         };
-        let headers = OwnedHeaders::new_with_capacity(2)
-            .insert(Header {
-                key: "content-type",
-                value: Some(event::CONTENT_TYPE),
-            })
-            .insert(Header {
-                key: trace_context::HEADER,
-                value: Some(trace.as_header()),
-            });
-        self.enqueue(event.event_id, key, Some(&payload), headers)
+        let headers = OwnedHeaders::new_with_capacity(3).insert(Header {
+            key: "content-type",
+            value: Some(event::CONTENT_TYPE),
+        });
+        self.enqueue(event.event_id, key, Some(&payload), headers, trace)
     }
 
     /// Hands a tombstone for the city to the producer now. A tombstone has no value
     /// to carry the event id and time, so they travel in headers, where the indexer
     /// reads them for the soft-delete document.
-    pub fn delete(&self, key: &CityKey, trace: &TraceParent) -> Pending<'_> {
+    pub fn delete(&self, key: &CityKey, trace: &RequestTrace) -> Pending<'_> {
         let event_id = uuid::Uuid::now_v7().to_string();
         let occurred_at = chrono::Utc::now().timestamp_micros().to_string();
-        let headers = OwnedHeaders::new_with_capacity(3)
+        let headers = OwnedHeaders::new_with_capacity(4)
             .insert(Header {
                 key: event::HEADER_EVENT_ID,
                 value: Some(&event_id),
@@ -202,12 +197,8 @@ impl Publisher {
             .insert(Header {
                 key: event::HEADER_OCCURRED_AT,
                 value: Some(&occurred_at),
-            })
-            .insert(Header {
-                key: trace_context::HEADER,
-                value: Some(trace.as_header()),
             });
-        self.enqueue(event_id, key.clone(), None, headers)
+        self.enqueue(event_id, key.clone(), None, headers, trace)
     }
 
     fn enqueue(
@@ -216,7 +207,33 @@ impl Publisher {
         key: CityKey,
         payload: Option<&[u8]>,
         headers: OwnedHeaders,
+        trace: &RequestTrace,
     ) -> Pending<'_> {
+        // An exported request gets a produce span per event, and the event carries
+        // that span's context; otherwise the request's headers, formatted once.
+        let span = trace.exported.then(|| {
+            tracing::info_span!(
+                "kafka.produce",
+                otel.name = "kafka.produce",
+                otel.kind = "producer",
+                messaging.system = "kafka",
+                messaging.destination.name = %self.topic,
+                messaging.kafka.message.key = key.as_str(),
+                messaging.destination.partition.id = tracing::field::Empty,
+                messaging.kafka.offset = tracing::field::Empty,
+                error = tracing::field::Empty,
+            )
+        });
+        let headers = match &span {
+            Some(span) => {
+                use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+                citypop_runtime::telemetry::add_trace_headers(
+                    headers,
+                    &citypop_runtime::telemetry::trace_headers(&span.context()),
+                )
+            }
+            None => citypop_runtime::telemetry::add_trace_headers(headers, trace.headers()),
+        };
         let mut record = FutureRecord::<str, [u8]>::to(&self.topic)
             .key(key.as_str())
             .headers(headers);
@@ -238,6 +255,7 @@ impl Publisher {
             event_id,
             key,
             delivery,
+            span,
         }
     }
 
@@ -248,6 +266,7 @@ impl Publisher {
             event_id,
             key,
             delivery: Err(error),
+            span: None,
         }
     }
 
@@ -305,6 +324,8 @@ pub struct Pending<'a> {
     event_id: String,
     key: CityKey,
     delivery: Result<DeliveryFuture, PublishError>,
+    /// The produce span, when the request is exported; it ends with the acknowledgement.
+    span: Option<tracing::Span>,
 }
 
 impl Pending<'_> {
@@ -336,6 +357,17 @@ impl Pending<'_> {
             }
             Err(error) => Err(error),
         };
+        if let Some(span) = &self.span {
+            match &result {
+                Ok((partition, offset)) => {
+                    span.record("messaging.destination.partition.id", partition);
+                    span.record("messaging.kafka.offset", offset);
+                }
+                Err(error) => {
+                    span.record("error", error.reason());
+                }
+            }
+        }
         match result {
             Ok((partition, offset)) => {
                 metrics.published(self.started.elapsed().as_secs_f64());

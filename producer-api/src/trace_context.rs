@@ -1,163 +1,171 @@
-//! W3C Trace Context (`traceparent`), carried from the HTTP request into the Kafka
-//! headers of every event it publishes.
+//! W3C Trace Context (`traceparent`, `tracestate`), carried from the HTTP request into
+//! the Kafka headers of every event it publishes, through OpenTelemetry's
+//! `TraceContextPropagator`.
 //!
-//! producer-api is one hop of the trace: it keeps the caller's trace id and flags and
-//! puts its own span id in the parent-id field, so the indexer's side of the trace
-//! hangs off this request. A request without a valid `traceparent` starts a trace.
+//! With traces exported (`CITYPOP_OTLP_ENDPOINT`), the request span continues the
+//! caller's trace and each event carries its produce span's context. Without, the
+//! service is still one hop of the trace: it keeps the caller's trace id, flags and
+//! `tracestate` and puts a span id of its own in the parent-id field; a request without
+//! a valid `traceparent` starts a trace.
 
-use std::fmt;
+use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Request};
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
+use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-/// The header, in HTTP and in Kafka alike.
-pub const HEADER: &str = "traceparent";
-
-/// The only version this code writes; later versions are read by their first four
-/// fields, as the specification asks.
-const VERSION: u8 = 0;
-/// `sampled`: with no tracer to decide, a started trace asks to be recorded.
-const FLAG_SAMPLED: u8 = 1;
-
-/// Length of a version-00 `traceparent`: 2 + 1 + 32 + 1 + 16 + 1 + 2.
-const HEADER_LEN: usize = 55;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceParent {
-    trace_id: [u8; 16],
-    parent_id: [u8; 8],
-    flags: u8,
-    /// The header this span sends on, formatted once when the span is made: every
-    /// event a request publishes carries it, and a bulk request publishes many.
-    header: [u8; HEADER_LEN],
+/// The request's context as the caller sent it (empty without a valid `traceparent`),
+/// and the span context this service uses when it exports no spans.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub caller: opentelemetry::Context,
+    fallback: SpanContext,
 }
 
-impl TraceParent {
-    /// Parses a `traceparent` value; `None` when it is not a valid one (the caller then
-    /// starts a new trace, as the specification says).
-    pub fn parse(value: &str) -> Option<Self> {
-        let value = value.trim();
-        let bytes = value.as_bytes();
-        // version "-" trace-id "-" parent-id "-" flags: 2 + 1 + 32 + 1 + 16 + 1 + 2.
-        // Checking the fields are ASCII first keeps the slicing below on character
-        // boundaries.
-        if bytes.len() < HEADER_LEN
-            || !bytes[..HEADER_LEN].is_ascii()
-            || [2, 35, 52].iter().any(|&i| bytes[i] != b'-')
-        {
-            return None;
-        }
-        let version = hex_byte(&value[0..2])?;
-        // Version ff is forbidden; version 00 has exactly four fields; a later
-        // version may append fields after another dash.
-        match version {
-            0xff => return None,
-            VERSION if bytes.len() != HEADER_LEN => return None,
-            _ if bytes.len() > HEADER_LEN && bytes[HEADER_LEN] != b'-' => return None,
-            _ => {}
-        }
-        let trace_id: [u8; 16] = hex_bytes(&value[3..35])?;
-        let parent_id: [u8; 8] = hex_bytes(&value[36..52])?;
-        let flags = hex_byte(&value[53..55])?;
-        if trace_id == [0; 16] || parent_id == [0; 8] {
-            return None;
-        }
-        Some(Self::new(trace_id, parent_id, flags))
+impl Incoming {
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        let caller = TraceContextPropagator::new().extract(&HttpExtractor(headers));
+        let fallback = {
+            let span = caller.span();
+            let parent = span.span_context();
+            if parent.is_valid() {
+                SpanContext::new(
+                    parent.trace_id(),
+                    nonzero_span_id(),
+                    parent.trace_flags(),
+                    false,
+                    parent.trace_state().clone(),
+                )
+            } else {
+                // With no tracer to decide, a started trace asks to be recorded.
+                SpanContext::new(
+                    nonzero_trace_id(),
+                    nonzero_span_id(),
+                    TraceFlags::SAMPLED,
+                    false,
+                    TraceState::default(),
+                )
+            }
+        };
+        Self { caller, fallback }
     }
 
-    fn new(trace_id: [u8; 16], parent_id: [u8; 8], flags: u8) -> Self {
-        let mut header = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        // Each field is written into its exact slot of the template, whose length
-        // is twice the bytes': encoding cannot fail.
-        hex::encode_to_slice([VERSION], &mut header[0..2]).expect("2 hex digits");
-        hex::encode_to_slice(trace_id, &mut header[3..35]).expect("32 hex digits");
-        hex::encode_to_slice(parent_id, &mut header[36..52]).expect("16 hex digits");
-        hex::encode_to_slice([flags], &mut header[53..55]).expect("2 hex digits");
+    /// The span context of the request: the exported request span's when there is
+    /// one, else the fallback.
+    fn own(&self, span: &tracing::Span) -> (SpanContext, bool) {
+        let context = span.context();
+        let exported = context.span().span_context().clone();
+        if exported.is_valid() {
+            (exported, true)
+        } else {
+            (self.fallback.clone(), false)
+        }
+    }
+}
+
+/// The trace context of the request being served.
+#[derive(Debug, Clone)]
+pub struct TraceContext(pub RequestTrace);
+
+/// What a handler passes to the publisher: the request's span context, whether the
+/// request span is exported (then each event gets a produce span), and the headers
+/// for events that get no span of their own, formatted once.
+#[derive(Debug, Clone)]
+pub struct RequestTrace {
+    pub exported: bool,
+    headers: Arc<[(String, String)]>,
+}
+
+impl RequestTrace {
+    fn new(span_context: SpanContext, exported: bool) -> Self {
+        let context = opentelemetry::Context::new().with_remote_span_context(span_context);
         Self {
-            trace_id,
-            parent_id,
-            flags,
-            header,
+            exported,
+            headers: citypop_runtime::telemetry::trace_headers(&context).into(),
         }
     }
 
-    /// A new trace, with this request as its root span.
-    pub fn start() -> Self {
-        Self::new(nonzero_random(), nonzero_random(), FLAG_SAMPLED)
+    /// A request that came with `traceparent` (tests and the cost measurement).
+    #[cfg(test)]
+    pub fn from_traceparent(traceparent: &str) -> Self {
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = traceparent.parse() {
+            headers.insert("traceparent", value);
+        }
+        let incoming = Incoming::from_headers(&headers);
+        Self::new(incoming.fallback, false)
     }
 
-    /// This service's span within the caller's trace.
-    pub fn child(&self) -> Self {
-        Self::new(self.trace_id, nonzero_random(), self.flags)
+    /// What a handler gets for a request with `traceparent`, inside the current span,
+    /// as [`TraceContext`]'s extractor makes it (the traced cost measurement).
+    #[cfg(test)]
+    pub fn in_current_span(traceparent: &str) -> Self {
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = traceparent.parse() {
+            headers.insert("traceparent", value);
+        }
+        let incoming = Incoming::from_headers(&headers);
+        let span = tracing::Span::current();
+        let _ = span.set_parent(incoming.caller.clone());
+        let (span_context, exported) = incoming.own(&span);
+        Self::new(span_context, exported)
     }
 
-    /// The trace id as 32 lowercase hex digits, for logs.
-    pub fn trace_id(&self) -> String {
-        self.as_header()[3..35].to_owned()
-    }
-
-    /// The `traceparent` value this span sends on.
-    pub fn as_header(&self) -> &str {
-        // Only ASCII hex digits and dashes are ever written into it.
-        std::str::from_utf8(&self.header).expect("a traceparent is ASCII")
+    /// The `traceparent`/`tracestate` headers of events with no produce span.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
     }
 }
 
-impl fmt::Display for TraceParent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_header())
+/// The request's trace id, for its span: the span must already have its parent.
+pub fn trace_id_of(span: &tracing::Span, incoming: Option<&Incoming>) -> String {
+    incoming.map_or_else(String::new, |i| i.own(span).0.trace_id().to_string())
+}
+
+struct HttpExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HttpExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
     }
 }
 
-/// Two lowercase hex digits (the specification refuses uppercase).
-fn hex_byte(digits: &str) -> Option<u8> {
-    if digits.len() != 2
-        || !digits
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return None;
-    }
-    u8::from_str_radix(digits, 16).ok()
-}
-
-fn hex_bytes<const N: usize>(digits: &str) -> Option<[u8; N]> {
-    let mut out = [0; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = hex_byte(digits.get(2 * i..2 * i + 2)?)?;
-    }
-    Some(out)
-}
-
-fn nonzero_random<const N: usize>() -> [u8; N] {
+fn nonzero_trace_id() -> TraceId {
     loop {
-        let bytes: [u8; N] = rand::random();
+        let bytes: [u8; 16] = rand::random();
         // All zeros is the specification's "invalid" value.
-        if bytes != [0; N] {
-            return bytes;
+        if bytes != [0; 16] {
+            return TraceId::from_bytes(bytes);
         }
     }
 }
 
-/// The trace context of the request being served: the request's own span.
-#[derive(Debug, Clone, Copy)]
-pub struct TraceContext(pub TraceParent);
+fn nonzero_span_id() -> SpanId {
+    loop {
+        let bytes: [u8; 8] = rand::random();
+        if bytes != [0; 8] {
+            return SpanId::from_bytes(bytes);
+        }
+    }
+}
 
-/// Middleware: derives the request's span from its `traceparent` (or starts a trace)
-/// once, before the request is logged, so the log line and the Kafka headers agree.
+/// Middleware: reads the caller's trace context once, before the request span is
+/// made, so the log line and the Kafka headers agree.
 pub async fn layer(mut request: Request, next: Next) -> Response {
-    let incoming = request
-        .headers()
-        .get(HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse);
-    let own = match incoming {
-        Some(parent) => parent.child(),
-        None => TraceParent::start(),
-    };
-    request.extensions_mut().insert(TraceContext(own));
+    let incoming = Incoming::from_headers(request.headers());
+    request.extensions_mut().insert(incoming);
     next.run(request).await
 }
 
@@ -166,11 +174,14 @@ impl<S: Send + Sync> FromRequestParts<S> for TraceContext {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         // Without the middleware (it is always installed) a request still gets a trace.
-        Ok(parts
+        let incoming = parts
             .extensions
-            .get::<TraceContext>()
-            .copied()
-            .unwrap_or_else(|| TraceContext(TraceParent::start())))
+            .get::<Incoming>()
+            .cloned()
+            .unwrap_or_else(|| Incoming::from_headers(&HeaderMap::new()));
+        // The handler runs inside the request span.
+        let (span_context, exported) = incoming.own(&tracing::Span::current());
+        Ok(TraceContext(RequestTrace::new(span_context, exported)))
     }
 }
 
@@ -180,67 +191,47 @@ mod tests {
 
     const EXAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-    #[test]
-    fn a_valid_header_round_trips() {
-        let parsed = TraceParent::parse(EXAMPLE).unwrap();
-        assert_eq!(parsed.to_string(), EXAMPLE);
-        assert_eq!(parsed.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    fn header(trace: &RequestTrace, name: &str) -> Option<String> {
+        trace
+            .headers()
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
     }
 
     #[test]
-    fn a_child_keeps_trace_and_flags_with_a_new_span() {
-        let parent = TraceParent::parse(EXAMPLE).unwrap();
-        let child = parent.child().to_string();
+    fn a_child_keeps_trace_flags_and_state_with_a_new_span() {
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", EXAMPLE.parse().unwrap());
+        headers.insert("tracestate", "vendor=abc".parse().unwrap());
+        let incoming = Incoming::from_headers(&headers);
+        let (own, exported) = incoming.own(&tracing::Span::none());
+        assert!(!exported);
+        let trace = RequestTrace::new(own, exported);
+        let child = header(&trace, "traceparent").unwrap();
         assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(child.ends_with("-01"));
         assert_ne!(child, EXAMPLE);
-        assert_eq!(
-            TraceParent::parse(&child).unwrap().trace_id,
-            parent.trace_id
-        );
+        assert_eq!(header(&trace, "tracestate").as_deref(), Some("vendor=abc"));
     }
 
     #[test]
-    fn invalid_headers_are_refused() {
-        for bad in [
-            "",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
-            "0é-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    fn invalid_or_missing_headers_start_a_sampled_trace() {
+        for value in [
+            None,
+            Some("garbage"),
+            Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            Some("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         ] {
-            assert!(TraceParent::parse(bad).is_none(), "{bad:?} was accepted");
+            let mut headers = HeaderMap::new();
+            if let Some(value) = value {
+                headers.insert("traceparent", value.parse().unwrap());
+            }
+            let trace = RequestTrace::new(Incoming::from_headers(&headers).fallback, false);
+            let started = header(&trace, "traceparent").unwrap();
+            assert!(started.starts_with("00-"), "{started}");
+            assert!(started.ends_with("-01"), "{started}");
+            assert!(!started.contains("4bf92f3577b34da6a3ce929d0e0e4736"));
         }
-    }
-
-    #[test]
-    fn a_later_version_is_read_by_its_first_fields() {
-        let future = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes-next";
-        let parsed = TraceParent::parse(future).unwrap();
-        assert_eq!(parsed.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert!(TraceParent::parse(&future[..55]).is_some());
-    }
-
-    #[test]
-    fn the_header_is_formatted_as_the_specification_writes_it() {
-        let span = TraceParent::new([0xab; 16], [0x01; 8], 0x00);
-        assert_eq!(
-            span.as_header(),
-            "00-abababababababababababababababab-0101010101010101-00"
-        );
-        assert_eq!(span.to_string(), span.as_header());
-        assert_eq!(span.trace_id(), "abababababababababababababababab");
-    }
-
-    #[test]
-    fn a_started_trace_is_valid() {
-        let started = TraceParent::start().to_string();
-        assert_eq!(TraceParent::parse(&started).unwrap().to_string(), started);
     }
 }

@@ -15,6 +15,7 @@ mod logging;
 mod metrics;
 mod secret;
 mod shutdown;
+pub mod telemetry;
 mod wait;
 
 pub use engine::EngineArgs;
@@ -23,4 +24,5 @@ pub use logging::{LogArgs, LogFormat};
 pub use metrics::metrics_response;
 pub use secret::Secret;
 pub use shutdown::shutdown_signal;
+pub use telemetry::{OtlpProtocol, Telemetry, TraceArgs};
 pub use wait::wait_until_ready;

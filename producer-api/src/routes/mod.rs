@@ -38,7 +38,7 @@ use tower_http::map_request_body::MapRequestBodyLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
-use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, OnResponse as _, TraceLayer};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -48,7 +48,7 @@ use crate::city_index::{CityIndex, IndexError};
 use crate::metrics::Metrics;
 use crate::problem::Problem;
 use crate::publisher::{Accepted, PublishError, Publisher};
-use crate::trace_context::{self, TraceContext};
+use crate::trace_context;
 use crate::version_wait::VersionWaits;
 
 /// The largest single-update body accepted: a name of 200 characters fits many
@@ -168,7 +168,16 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .make_span_with(request_span)
                 // A 503 while Kafka is down is the API working as designed; the
                 // handlers log its cause, so the access log only warns.
-                .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN))
+                .on_response(
+                    |response: &Response, latency: std::time::Duration, span: &tracing::Span| {
+                        span.record(
+                            "http.response.status_code",
+                            i64::from(response.status().as_u16()),
+                        );
+                        DefaultOnResponse::new().on_response(response, latency, span);
+                    },
+                ),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         // A body that stops arriving fails its read (a 408) instead of holding the
@@ -205,19 +214,25 @@ fn request_span(request: &Request<Body>) -> tracing::Span {
         .extensions()
         .get::<MatchedPath>()
         .map_or(crate::metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
-    let trace_id = request
-        .extensions()
-        .get::<TraceContext>()
-        .map(|t| t.0.trace_id())
-        .unwrap_or_default();
-    tracing::info_span!(
+    let incoming = request.extensions().get::<trace_context::Incoming>();
+    let span = tracing::info_span!(
         "request",
+        otel.name = format!("{} {route}", request.method()),
+        otel.kind = "server",
         method = %request.method(),
         uri = %request.uri(),
         route,
+        http.response.status_code = tracing::field::Empty,
         request_id = header(&REQUEST_ID),
-        trace_id,
-    )
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(incoming) = incoming {
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        // A no-op when spans are not exported.
+        let _ = span.set_parent(incoming.caller.clone());
+    }
+    span.record("trace_id", trace_context::trace_id_of(&span, incoming));
+    span
 }
 
 /// The answer when a request was shed or took too long.

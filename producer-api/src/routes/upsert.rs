@@ -227,7 +227,7 @@ async fn put(
 async fn publish(
     state: &AppState,
     update: &CityUpdate,
-    trace: &crate::trace_context::TraceParent,
+    trace: &crate::trace_context::RequestTrace,
 ) -> Result<Response, Problem> {
     let accepted = state
         .publisher
@@ -311,14 +311,14 @@ mod cost {
     use crate::metrics::Metrics;
     use crate::metrics::RouteLabel;
     use crate::publisher::{ProducerSettings, Publisher};
-    use crate::trace_context::TraceParent;
+    use crate::trace_context::RequestTrace;
 
     pub const POSTS: usize = 2_000;
 
     /// What `POST /city` does between hyper and librdkafka, in order.
     #[inline(never)]
     fn one_post(publisher: &Publisher, metrics: &Metrics, body: &[u8], traceparent: &str) {
-        let trace = TraceParent::parse(traceparent).map_or_else(TraceParent::start, |p| p.child());
+        let trace = RequestTrace::from_traceparent(traceparent);
         let body: Value = serde_json::from_slice(body).expect("valid body");
         let update = CityUpdate::try_from(&body).expect("valid update");
         let pending = publisher.update(&update.name, update.population, &trace);
@@ -334,6 +334,67 @@ mod cost {
         let route = RouteLabel::Static("/city");
         metrics.request_answered("POST", route, response.status().as_u16(), 0.001);
         std::hint::black_box(response);
+    }
+
+    /// [`one_post`] with traces exported and every request sampled: the request span
+    /// and the produce span are made and ended (the exporter's own work, on its
+    /// thread, is not counted). Measured like `one_post`, with
+    /// `--toggle-collect='*cost*one_traced_post*' --exact routes::upsert::cost::write_path_cost_traced`.
+    #[inline(never)]
+    fn one_traced_post(publisher: &Publisher, metrics: &Metrics, body: &[u8], traceparent: &str) {
+        let span = tracing::info_span!("request", otel.name = "POST /city", route = "/city");
+        let _entered = span.enter();
+        let trace = RequestTrace::in_current_span(traceparent);
+        assert!(trace.exported);
+        let body: Value = serde_json::from_slice(body).expect("valid body");
+        let update = CityUpdate::try_from(&body).expect("valid update");
+        let pending = publisher.update(&update.name, update.population, &trace);
+        assert!(!pending.refused());
+        metrics.published(0.001);
+        let accepted = Accepted {
+            event_id: String::new(),
+            key: update.name.as_key().as_str().to_owned(),
+            partition: 0,
+            offset: 0,
+        };
+        let response = super::super::accepted_response(accepted, true);
+        metrics.request_answered(
+            "POST",
+            RouteLabel::Static("/city"),
+            response.status().as_u16(),
+            0.001,
+        );
+        std::hint::black_box(response);
+        // The produce span ends with its acknowledgement, which never comes here.
+        drop(pending);
+    }
+
+    #[test]
+    fn write_path_cost_traced() {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let config =
+            Config::try_parse_from(["producer-api", "--kafka-bootstrap-servers", "127.0.0.1:1"])
+                .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let publisher = Publisher::new(
+            &config.kafka,
+            &ProducerSettings::from_config(&config),
+            metrics.clone(),
+        )
+        .unwrap();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("cost")));
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..POSTS {
+                let body = format!(r#"{{"name": "Traced {i}", "population": {}}}"#, 1_000 + i);
+                one_traced_post(&publisher, &metrics, body.as_bytes(), traceparent);
+            }
+        });
     }
 
     /// Runs with the other tests, so the measurement keeps compiling and working (each

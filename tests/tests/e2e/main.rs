@@ -13,3 +13,4 @@ mod monitoring;
 mod pipeline;
 mod replay;
 mod topics;
+mod tracing;

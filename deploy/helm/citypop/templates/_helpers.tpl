@@ -105,6 +105,14 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.log.level | quote }}
 - name: CITYPOP_LOG_FORMAT
   value: {{ .Values.log.format | quote }}
+{{- with .Values.tracing.otlpEndpoint }}
+- name: CITYPOP_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+- name: CITYPOP_OTLP_PROTOCOL
+  value: {{ .Values.tracing.otlpProtocol | quote }}
+- name: CITYPOP_TRACE_SAMPLING_RATIO
+  value: {{ .Values.tracing.samplingRatio | quote }}
 {{- with .Values.kafka.securityProtocol }}
 - name: CITYPOP_KAFKA_SECURITY_PROTOCOL
   value: {{ . | quote }}

@@ -283,6 +283,7 @@ async fn trace_context_and_event_headers_reach_kafka() {
                 .http
                 .post(format!("{}/city", client.base))
                 .header("traceparent", incoming)
+                .header("tracestate", "citypop=e2e,other=1")
                 .json(&json!({"name": "Vienna", "population": 2_005_760})),
         )
         .await;
@@ -315,6 +316,11 @@ async fn trace_context_and_event_headers_reach_kafka() {
     assert_ne!(
         traceparent, incoming,
         "the parent id is this service's span"
+    );
+    // The caller's tracestate travels along unchanged.
+    assert_eq!(
+        update.headers.get("tracestate").map(String::as_str),
+        Some("citypop=e2e,other=1")
     );
     assert_eq!(update.headers["content-type"], event::CONTENT_TYPE);
     assert_eq!(update.key.as_deref(), Some("vienna".as_bytes()));
