@@ -361,8 +361,6 @@ enum Attempted {
     },
 }
 
-/// The lists a bulk write keeps between attempts are only touched between awaits,
-/// so a poisoned lock can only come from a panic in a test's fake.
 /// Whether `span` is exported: only then is reading every message's trace context
 /// worth its cost.
 fn exported(span: &tracing::Span) -> bool {
@@ -383,6 +381,8 @@ fn link_messages<'a>(span: &tracing::Span, messages: impl Iterator<Item = &'a Ow
     }
 }
 
+/// The lists a bulk write keeps between attempts are only touched between awaits,
+/// so a poisoned lock can only come from a panic in a test's fake.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
