@@ -118,7 +118,12 @@ impl ApiClient {
 
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
         let started = Instant::now();
-        let response = request.send().await.expect("request");
+        // The whole error chain: "error sending request" alone cannot tell a refused
+        // connection from a pooled one the server had closed.
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("request: {error:?}"));
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let text = response.text().await.expect("body");
