@@ -11,9 +11,11 @@ use std::time::Instant;
 use citypop_schemas::event::Codec;
 use futures::stream::FuturesOrdered;
 use futures::{StreamExt, TryStreamExt};
+use opentelemetry::KeyValue;
 use rdkafka::message::OwnedMessage;
 use tokio::sync::{Semaphore, watch};
 use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::batch::Batch;
 use crate::bulk::{BulkLimits, BulkSink, ItemAttempt, ItemOutcome, RequestFailed};
@@ -105,14 +107,19 @@ impl<S: BulkSink, P: PoisonSink> BatchWriter<S, P> {
         loop {
             tokio::select! {
                 biased;
-                Some((batch, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                Some((batch, result, span)) = in_flight.next(), if !in_flight.is_empty() => {
                     result?;
                     done(&batch);
+                    if exported(&span) {
+                        // `done` stores the batch's offsets, for the next commit.
+                        span.add_event("offsets stored for commit", Vec::new());
+                    }
                 }
                 received = batches.recv(), if open && in_flight.len() < BATCHES_IN_FLIGHT => match received {
                     Some(batch) => in_flight.push_back(async move {
-                        let result = self.write(&batch).await;
-                        (batch, result)
+                        let span = batch_span(&batch);
+                        let result = self.write_batch(&batch).instrument(span.clone()).await;
+                        (batch, result, span)
                     }),
                     None => open = false,
                 },
@@ -125,33 +132,6 @@ impl<S: BulkSink, P: PoisonSink> BatchWriter<S, P> {
     /// indexed, stale, or taken by the poison sink, and its offsets may be stored.
     /// The batch holds one message per city, so its bulk requests share no document
     /// and may be in flight together in any order.
-    pub async fn write(&self, batch: &Batch) -> Result<(), Interrupted> {
-        // Its own root: a batch merges many traces, which its links (one per
-        // message that has a trace context) lead to.
-        let span = tracing::info_span!(
-            parent: None,
-            "indexer.batch",
-            otel.kind = "consumer",
-            events = batch.len(),
-            documents = batch.newest.len(),
-            poison = batch.poison.len(),
-            trace_id = tracing::field::Empty,
-        );
-        if exported(&span) {
-            // In every log line of the batch, to find its trace.
-            if let Some(trace_id) = span.in_scope(citypop_runtime::telemetry::current_trace_id) {
-                span.record("trace_id", trace_id);
-            }
-            let messages = batch
-                .newest
-                .entries()
-                .map(|newest| &newest.message)
-                .chain(batch.poison.iter().map(|p| &p.message));
-            link_messages(&span, messages);
-        }
-        self.write_batch(batch).instrument(span).await
-    }
-
     async fn write_batch(&self, batch: &Batch) -> Result<(), Interrupted> {
         self.metrics.consumed(batch.len());
         for poison in &batch.poison {
@@ -361,6 +341,42 @@ enum Attempted {
     },
 }
 
+/// A batch's span: its own root, since a batch merges many traces, which its links
+/// (one per message that has a trace context) lead to.
+fn batch_span(batch: &Batch) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "indexer.batch",
+        otel.kind = "consumer",
+        events = batch.len(),
+        documents = batch.newest.len(),
+        poison = batch.poison.len(),
+        trace_id = tracing::field::Empty,
+    );
+    if exported(&span) {
+        // In every log line of the batch, to find its trace.
+        if let Some(trace_id) = span.in_scope(citypop_runtime::telemetry::current_trace_id) {
+            span.record("trace_id", trace_id);
+        }
+        let messages = batch
+            .newest
+            .entries()
+            .map(|newest| &newest.message)
+            .chain(batch.poison.iter().map(|p| &p.message));
+        link_messages(&span, messages);
+        // Each message was decoded and coalesced as it joined the batch.
+        span.add_event(
+            "decoded",
+            vec![
+                KeyValue::new("events", batch.len() as i64),
+                KeyValue::new("documents", batch.newest.len() as i64),
+                KeyValue::new("poison", batch.poison.len() as i64),
+            ],
+        );
+    }
+    span
+}
+
 /// Whether `span` is exported: only then is reading every message's trace context
 /// worth its cost.
 fn exported(span: &tracing::Span) -> bool {
@@ -458,7 +474,10 @@ mod tests {
             not_aborted(),
         );
         let batch = batch(&writer.codec, &[("paris", 0, 1), ("oslo", 1, 2)]);
-        writer.write(&batch).await.expect("the batch is written");
+        writer
+            .write_batch(&batch)
+            .await
+            .expect("the batch is written");
         let requests = writer.sink.requests();
         assert_eq!(requests.len(), 2, "{requests:?}");
         assert_eq!(
@@ -482,7 +501,7 @@ mod tests {
         let mut writable = writer.engine_writable();
         let batch = batch(&writer.codec, &[("paris", 0, 1), ("oslo", 1, 2)]);
         let seen_unwritable = async { writable.wait_for(|w| !*w).await.is_ok() };
-        let (written, seen_unwritable) = tokio::join!(writer.write(&batch), seen_unwritable);
+        let (written, seen_unwritable) = tokio::join!(writer.write_batch(&batch), seen_unwritable);
         written.expect("the batch is written once the engine answers");
         assert!(
             seen_unwritable,
@@ -549,7 +568,7 @@ mod tests {
             &writer.codec,
             MessageBuilder::tombstone("paris").at(0, 7).build(),
         );
-        writer.write(&batch).await.expect("written");
+        writer.write_batch(&batch).await.expect("written");
         assert_eq!(writer.sink.requests(), [pairs(&[("paris", 7)])]);
         assert_eq!(
             writer.poison.taken(),
@@ -576,7 +595,7 @@ mod tests {
         ] {
             batch.push(&writer.codec, message.build());
         }
-        writer.write(&batch).await.expect("written");
+        writer.write_batch(&batch).await.expect("written");
         assert_eq!(
             writer.poison.taken(),
             [
@@ -615,7 +634,7 @@ mod tests {
             &writer.codec,
             MessageBuilder::tombstone("oslo").at(1, 4).build(),
         );
-        writer.write(&batch).await.expect("written");
+        writer.write_batch(&batch).await.expect("written");
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(

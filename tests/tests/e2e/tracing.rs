@@ -150,6 +150,23 @@ fn tag<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
         .map(|t| &t["value"])
 }
 
+/// The names of a Jaeger span's events (its "logs"), in order.
+fn event_names(span: &Value) -> Vec<String> {
+    span["logs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|log| {
+            log["fields"]
+                .as_array()?
+                .iter()
+                .find(|field| field["key"] == "event")
+                .and_then(|field| field["value"].as_str())
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
 fn service_of<'a>(trace: &'a Value, span: &Value) -> &'a str {
     let process = span["processID"].as_str().unwrap_or_default();
     trace["processes"][process]["serviceName"]
@@ -300,6 +317,29 @@ async fn a_write_is_one_trace_from_request_to_produce_and_the_bulk_span_links_to
     assert_ne!(
         bulk["traceID"], INCOMING_TRACE,
         "a link, not a parent: {bulk}"
+    );
+
+    // The bulk's parent, the batch span, tells what the batch consumed (decoded and
+    // coalesced) and when its offsets went to be committed.
+    let batch_trace = format!(
+        "{}/api/traces/{}",
+        jaeger.query,
+        bulk["traceID"].as_str().unwrap()
+    );
+    let batch = eventually("the batch span with its events", || async {
+        let body = get_json(&batch_trace, &[]).await?;
+        let span = body["data"][0]["spans"]
+            .as_array()?
+            .iter()
+            .find(|span| span["operationName"] == "indexer.batch")?
+            .clone();
+        (event_names(&span).len() >= 2).then_some(span)
+    })
+    .await;
+    assert_eq!(
+        event_names(&batch),
+        ["decoded", "offsets stored for commit"],
+        "{batch}"
     );
     drop(indexer);
 }
