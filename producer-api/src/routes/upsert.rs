@@ -369,10 +369,9 @@ mod cost {
         drop(pending);
     }
 
-    #[test]
-    fn write_path_cost_traced() {
-        use opentelemetry::trace::TracerProvider as _;
-        use tracing_subscriber::layer::SubscriberExt as _;
+    /// A publisher whose broker never answers: each POST is handed to librdkafka and
+    /// stays queued, as the measurement wants.
+    fn publisher() -> (Publisher, Arc<Metrics>) {
         let config =
             Config::try_parse_from(["producer-api", "--kafka-bootstrap-servers", "127.0.0.1:1"])
                 .unwrap();
@@ -383,6 +382,14 @@ mod cost {
             metrics.clone(),
         )
         .unwrap();
+        (publisher, metrics)
+    }
+
+    #[test]
+    fn write_path_cost_traced() {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let (publisher, metrics) = publisher();
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
             .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
             .build();
@@ -401,16 +408,7 @@ mod cost {
     /// POST is handed to the producer); under callgrind it is the measurement.
     #[test]
     fn write_path_cost() {
-        let config =
-            Config::try_parse_from(["producer-api", "--kafka-bootstrap-servers", "127.0.0.1:1"])
-                .unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let publisher = Publisher::new(
-            &config.kafka,
-            &ProducerSettings::from_config(&config),
-            metrics.clone(),
-        )
-        .unwrap();
+        let (publisher, metrics) = publisher();
         let bodies: Vec<Vec<u8>> = (0..POSTS)
             .map(|i| {
                 let name = ["São Paulo", "Zürich", "東京", "Paris"][i % 4];
