@@ -58,6 +58,17 @@ impl Incoming {
         Self { caller, fallback }
     }
 
+    /// A request's context from its `traceparent` alone (tests and the cost
+    /// measurement).
+    #[cfg(test)]
+    fn from_traceparent(traceparent: &str) -> Self {
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = traceparent.parse() {
+            headers.insert("traceparent", value);
+        }
+        Self::from_headers(&headers)
+    }
+
     /// The span context of the request: the exported request span's when there is
     /// one, else the fallback.
     fn own(&self, span: &tracing::Span) -> (SpanContext, bool) {
@@ -96,23 +107,14 @@ impl RequestTrace {
     /// A request that came with `traceparent` (tests and the cost measurement).
     #[cfg(test)]
     pub fn from_traceparent(traceparent: &str) -> Self {
-        let mut headers = HeaderMap::new();
-        if let Ok(value) = traceparent.parse() {
-            headers.insert("traceparent", value);
-        }
-        let incoming = Incoming::from_headers(&headers);
-        Self::new(incoming.fallback, false)
+        Self::new(Incoming::from_traceparent(traceparent).fallback, false)
     }
 
     /// What a handler gets for a request with `traceparent`, inside the current span,
     /// as [`TraceContext`]'s extractor makes it (the traced cost measurement).
     #[cfg(test)]
     pub fn in_current_span(traceparent: &str) -> Self {
-        let mut headers = HeaderMap::new();
-        if let Ok(value) = traceparent.parse() {
-            headers.insert("traceparent", value);
-        }
-        let incoming = Incoming::from_headers(&headers);
+        let incoming = Incoming::from_traceparent(traceparent);
         let span = tracing::Span::current();
         let _ = span.set_parent(incoming.caller.clone());
         let (span_context, exported) = incoming.own(&span);
