@@ -203,7 +203,7 @@ pub(crate) mod tests {
     /// librdkafka's `fetch.queue.backoff.ms` when unset.
     const LIBRDKAFKA_DEFAULT_BACKOFF_MS: u64 = 1000;
 
-    pub(crate) fn fetch_queue_backoff(client_config: &ClientConfig) -> Duration {
+    fn fetch_queue_backoff(client_config: &ClientConfig) -> Duration {
         Duration::from_millis(
             client_config
                 .get("fetch.queue.backoff.ms")
@@ -213,6 +213,20 @@ pub(crate) mod tests {
         )
     }
 
+    /// Fails unless a consumer with `client_config` fetches for a partition whose
+    /// queue was full again within the batch linger of the default settings.
+    pub(crate) fn assert_refetches_within_a_batch_linger(
+        client_config: impl Fn(&Config) -> ClientConfig,
+    ) {
+        let config = Config::parse_from(["indexer"]);
+        let backoff = fetch_queue_backoff(&client_config(&config));
+        assert!(
+            backoff < config.batch.linger,
+            "fetch.queue.backoff.ms {backoff:?} is not below the batch linger {:?}",
+            config.batch.linger
+        );
+    }
+
     /// While the indexer is behind, a partition's prefetch queue fills up and
     /// librdkafka stops fetching for it for `fetch.queue.backoff.ms`. A consumer that
     /// drains the queue sooner then waits with nothing to read: batches close
@@ -220,12 +234,6 @@ pub(crate) mod tests {
     /// (seen: 0.5–0.95 s waits every ~30,000 events, draining at a third of the rate).
     #[test]
     fn a_full_prefetch_queue_is_fetched_again_within_a_batch_linger() {
-        let config = Config::parse_from(["indexer"]);
-        let backoff = fetch_queue_backoff(&group_client_config(&config));
-        assert!(
-            backoff < config.batch.linger,
-            "fetch.queue.backoff.ms {backoff:?} is not below the batch linger {:?}",
-            config.batch.linger
-        );
+        assert_refetches_within_a_batch_linger(group_client_config);
     }
 }

@@ -509,21 +509,13 @@ impl PoisonSink for NotIndexed {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-    use crate::consumer::tests::fetch_queue_backoff;
+    use crate::consumer::tests::assert_refetches_within_a_batch_linger;
 
     /// Replay reads as fast as the engine takes writes; a full prefetch queue must
     /// not leave it with nothing to read (see the group consumer's test).
     #[test]
     fn a_full_prefetch_queue_is_fetched_again_within_a_batch_linger() {
-        let config = Config::parse_from(["indexer"]);
-        let backoff = fetch_queue_backoff(&replay_client_config(&config));
-        assert!(
-            backoff < config.batch.linger,
-            "fetch.queue.backoff.ms {backoff:?} is not below the batch linger {:?}",
-            config.batch.linger
-        );
+        assert_refetches_within_a_batch_linger(replay_client_config);
     }
 }
