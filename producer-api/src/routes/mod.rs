@@ -14,6 +14,7 @@ mod list;
 mod metrics;
 mod openapi;
 mod query;
+mod unread_body;
 mod upsert;
 
 use std::sync::Arc;
@@ -184,6 +185,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         // request open.
         .layer(RequestBodyTimeoutLayer::new(state.limits.body_read_timeout))
         .layer(MapRequestBodyLayer::new(Body::new))
+        // Inside the body timeout, which then bounds reading what an answer left.
+        .layer(axum::middleware::from_fn(
+            unread_body::read_after_the_answer,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             crate::metrics::track,

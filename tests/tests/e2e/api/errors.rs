@@ -11,7 +11,7 @@ use citypop_tests::{Names, Readiness, Stack, spawn_producer_api_with, unused_por
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::start;
+use super::{read_one_answer, start};
 
 /// Sends a request head and no body, and returns the status line of the answer,
 /// which must come without the body ever being sent.
@@ -58,6 +58,57 @@ async fn bodies_are_judged_by_their_headers_first() {
             .await
             .contains(" 415 ")
     );
+}
+
+/// A body refused by its headers alone (the answer comes before the body is sent)
+/// still arrives afterwards from any client that sent its request in one go. The
+/// server must read it and keep the connection: closing with the body unread makes
+/// the kernel reset the connection when the body lands, and a client that had not
+/// yet read the answer loses it (seen as "connection reset by peer" in reqwest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_refused_by_its_headers_does_not_cost_the_connection() {
+    let (_stack, _names, _indexer, api) = start("refusedbody").await;
+    let addr = api.base_url.trim_start_matches("http://");
+    let body = r#"{"name": "Paris", "population": 1}"#;
+    for (head, status) in [
+        (
+            "POST /city HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain",
+            " 415 ",
+        ),
+        ("POST /cities/bulk HTTP/1.1\r\nhost: x", " 415 "),
+        (
+            "POST /nope HTTP/1.1\r\nhost: x\r\ncontent-type: application/json",
+            " 404 ",
+        ),
+        (
+            "PATCH /city/paris HTTP/1.1\r\nhost: x\r\ncontent-type: application/json",
+            " 405 ",
+        ),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let head = format!("{head}\r\ncontent-length: {}\r\n\r\n", body.len());
+        stream.write_all(head.as_bytes()).await.expect("send head");
+        let answer = read_one_answer(&mut stream, &head).await;
+        assert!(
+            answer.lines().next().unwrap_or_default().contains(status),
+            "{answer}"
+        );
+        assert!(
+            !answer.to_ascii_lowercase().contains("connection: close"),
+            "{head:?} closed its connection: {answer}"
+        );
+        stream.write_all(body.as_bytes()).await.expect("send body");
+        let next = "GET /livez HTTP/1.1\r\nhost: x\r\n\r\n";
+        stream
+            .write_all(next.as_bytes())
+            .await
+            .expect("send next request");
+        let answer = read_one_answer(&mut stream, next).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "after {head:?}: {answer}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
