@@ -175,7 +175,7 @@ impl<S: BulkSink, P: PoisonSink> BatchWriter<S, P> {
             .acquire()
             .await
             .map_err(|_| Interrupted::Aborted)?;
-        let writes = chunk.iter().map(|newest| newest.write.clone()).collect();
+        let writes = chunk.iter().map(|newest| &newest.write).collect();
         for (write, outcome) in self.write_with_retries(writes).await? {
             // Every write was decoded from the batch's message for its city.
             let message = batch.newest.get(write.key()).map(|newest| &newest.message);
@@ -187,9 +187,9 @@ impl<S: BulkSink, P: PoisonSink> BatchWriter<S, P> {
                 }
             }
             match outcome {
-                ItemOutcome::Created => self.indexed(IndexedResult::Created, &write),
-                ItemOutcome::Updated => self.indexed(IndexedResult::Updated, &write),
-                ItemOutcome::Deleted => self.indexed(IndexedResult::Deleted, &write),
+                ItemOutcome::Created => self.indexed(IndexedResult::Created, write),
+                ItemOutcome::Updated => self.indexed(IndexedResult::Updated, write),
+                ItemOutcome::Deleted => self.indexed(IndexedResult::Deleted, write),
                 ItemOutcome::Stale => self.metrics.indexed(IndexedResult::Stale),
                 ItemOutcome::Rejected(error) => {
                     if let Some(message) = message {
@@ -225,10 +225,10 @@ impl<S: BulkSink, P: PoisonSink> BatchWriter<S, P> {
 
     /// Sends the writes, retrying the whole request on request-level failures and
     /// the failed items on item-level ones, until every item has a final outcome.
-    async fn write_with_retries(
+    async fn write_with_retries<'w>(
         &self,
-        writes: Vec<Write>,
-    ) -> Result<Vec<(Write, ItemOutcome)>, Interrupted> {
+        writes: Vec<&'w Write>,
+    ) -> Result<Vec<(&'w Write, ItemOutcome)>, Interrupted> {
         let finished = Mutex::new(Vec::with_capacity(writes.len()));
         let pending = Mutex::new(writes);
         let (pending_ref, finished_ref) = (&pending, &finished);
@@ -287,10 +287,9 @@ impl<S: BulkSink, P: PoisonSink> BatchWriter<S, P> {
     }
 
     /// One bulk request for `writes`.
-    async fn attempt(&self, writes: Vec<Write>) -> Attempted {
+    async fn attempt<'w>(&self, writes: Vec<&'w Write>) -> Attempted<'w> {
         let started = Instant::now();
-        let refs: Vec<&Write> = writes.iter().collect();
-        let attempts = match self.sink.send(&refs).await {
+        let attempts = match self.sink.send(&writes).await {
             Ok(attempts) => attempts,
             Err(error) => {
                 self.metrics.status.error("bulk", &error.0);
@@ -299,7 +298,7 @@ impl<S: BulkSink, P: PoisonSink> BatchWriter<S, P> {
         };
         self.metrics.status.engine_answered();
         self.metrics
-            .bulk_sent(refs.len(), started.elapsed().as_secs_f64());
+            .bulk_sent(writes.len(), started.elapsed().as_secs_f64());
         let mut done = Vec::with_capacity(writes.len());
         let mut retry = Vec::new();
         let mut last_error = None;
@@ -327,16 +326,16 @@ impl<S: BulkSink, P: PoisonSink> BatchWriter<S, P> {
 }
 
 /// What one bulk request did with its writes.
-enum Attempted {
-    AllDone(Vec<(Write, ItemOutcome)>),
+enum Attempted<'w> {
+    AllDone(Vec<(&'w Write, ItemOutcome)>),
     SomeToRetry {
-        done: Vec<(Write, ItemOutcome)>,
-        retry: Vec<Write>,
+        done: Vec<(&'w Write, ItemOutcome)>,
+        retry: Vec<&'w Write>,
         last_error: String,
     },
     /// Nothing is known about any item: all of them are sent again.
     RequestFailed {
-        writes: Vec<Write>,
+        writes: Vec<&'w Write>,
         error: RequestFailed,
     },
 }

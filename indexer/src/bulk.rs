@@ -87,7 +87,7 @@ impl BulkSink for BulkWriter {
             // shard counts and sequence numbers for every item, which the engine
             // spends time writing and the indexer reading.
             .filter_path(&RESPONSE_FIELDS)
-            .body(body)
+            .body(vec![body])
             .send()
             .await
             .map_err(|e| RequestFailed(format!("bulk request failed: {e}")))?;
@@ -142,10 +142,12 @@ struct IndexAction<'a> {
     version_type: &'static str,
 }
 
-/// The NDJSON body: an `index` action carrying the offset as external version, then
-/// the document. Each element is one line.
-pub fn encode(writes: &[&Write]) -> Vec<Bytes> {
-    let mut lines = Vec::with_capacity(writes.len() * 2);
+/// The NDJSON body: per write, an `index` action carrying the offset as external
+/// version, then the document, each on its own line. One buffer sized for the
+/// whole request: a pair of buffers per event was a fifth of the body's cost, and
+/// the client copies the body once more anyway.
+pub fn encode(writes: &[&Write]) -> Bytes {
+    let mut body = Vec::with_capacity(writes.len() * BODY_BYTES_PER_WRITE);
     for write in writes {
         let action = Action {
             index: IndexAction {
@@ -154,13 +156,18 @@ pub fn encode(writes: &[&Write]) -> Vec<Bytes> {
                 version_type: "external",
             },
         };
-        // Serialising structs of strings and numbers cannot fail.
-        lines.push(Bytes::from(serde_json::to_vec(&action).unwrap_or_default()));
-        let document = serde_json::to_vec(&write.document).unwrap_or_default();
-        lines.push(Bytes::from(document));
+        // Serialising structs of strings and numbers into memory cannot fail.
+        let _ = serde_json::to_writer(&mut body, &action);
+        body.push(b'\n');
+        let _ = serde_json::to_writer(&mut body, &write.document);
+        body.push(b'\n');
     }
-    lines
+    Bytes::from(body)
 }
+
+/// A write's two lines are about 270 bytes with a city name of a few words; a
+/// little more up front saves growing the buffer.
+const BODY_BYTES_PER_WRITE: usize = 320;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ItemResult {
@@ -382,14 +389,16 @@ mod tests {
             document: CityDocument::deleted("paris", None, 0, 3, 42),
             occurred_at_micros: 0,
         };
-        let lines = encode(&[&write]);
+        let body = encode(&[&write]);
+        assert!(body.ends_with(b"\n"), "NDJSON ends with a newline");
+        let lines: Vec<&[u8]> = body[..body.len() - 1].split(|&b| b == b'\n').collect();
         assert_eq!(lines.len(), 2);
-        let action: Value = serde_json::from_slice(&lines[0]).unwrap();
+        let action: Value = serde_json::from_slice(lines[0]).unwrap();
         assert_eq!(
             action,
             json!({"index": {"_id": "paris", "version": 42, "version_type": "external"}})
         );
-        let document: Value = serde_json::from_slice(&lines[1]).unwrap();
+        let document: Value = serde_json::from_slice(lines[1]).unwrap();
         assert_eq!(document["deleted"], true);
     }
 }

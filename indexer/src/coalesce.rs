@@ -2,8 +2,10 @@
 //! older ones would be refused as stale anyway. Coalescing as messages arrive keeps
 //! a batch's memory to one message per city.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher as _;
 
+use hashbrown::DefaultHashBuilder;
+use hashbrown::HashTable;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 
@@ -19,36 +21,54 @@ pub struct Newest {
     pub write: Write,
 }
 
-/// Per city key, the message of its newest write so far.
-#[derive(Debug, Default)]
+/// Per city key, the message of its newest write so far. A table keyed by the
+/// write's own key rather than a map from a copy of it: the copy was an allocation,
+/// a copy and a free per event.
+#[derive(Default)]
 pub struct NewestPerKey {
-    messages: HashMap<String, Newest>,
+    messages: HashTable<Newest>,
+    hasher: DefaultHashBuilder,
+}
+
+impl std::fmt::Debug for NewestPerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.messages.iter()).finish()
+    }
 }
 
 impl NewestPerKey {
     /// Keeps `message` and its write if it is newer than the one held for its key. A
     /// key lives on one partition, so offsets (the versions) are comparable.
     pub fn offer(&mut self, message: OwnedMessage, write: Write) {
-        match self.messages.get_mut(write.key()) {
-            Some(kept) if kept.message.offset() >= message.offset() => {}
-            Some(kept) => *kept = Newest { message, write },
-            None => {
-                self.messages
-                    .insert(write.key().to_owned(), Newest { message, write });
+        let hash = self.hasher.hash_one(write.key());
+        let hasher = &self.hasher;
+        match self.messages.entry(
+            hash,
+            |kept| kept.write.key() == write.key(),
+            |kept| hasher.hash_one(kept.write.key()),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut kept) => {
+                if kept.get().message.offset() < message.offset() {
+                    *kept.get_mut() = Newest { message, write };
+                }
+            }
+            hashbrown::hash_table::Entry::Vacant(vacant) => {
+                vacant.insert(Newest { message, write });
             }
         }
     }
 
     pub fn get(&self, key: &str) -> Option<&Newest> {
-        self.messages.get(key)
+        self.messages
+            .find(self.hasher.hash_one(key), |kept| kept.write.key() == key)
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &Newest> {
-        self.messages.values()
+        self.messages.iter()
     }
 
     pub fn messages(&self) -> impl Iterator<Item = &OwnedMessage> {
-        self.messages.values().map(|newest| &newest.message)
+        self.messages.iter().map(|newest| &newest.message)
     }
 
     pub fn len(&self) -> usize {
