@@ -119,8 +119,8 @@ pub async fn send_events(
                     .await
                     .map_err(|(e, _)| anyhow::anyhow!("sending to {topic}: {e}"))?;
                 Ok(CityDocument::from_event(
-                    &key,
-                    &event,
+                    key,
+                    event,
                     delivery.partition,
                     delivery.offset,
                 ))

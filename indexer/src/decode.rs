@@ -70,18 +70,18 @@ fn try_decode(codec: &Codec, message: &OwnedMessage) -> Result<Write, (DeadLette
             decode_error(error.to_string())
         }
     })?;
-    match CityKey::parse(&event.city) {
-        Ok(city_key) if city_key.as_str() == key => {}
+    let city_key = match CityKey::parse(&event.city) {
+        Ok(city_key) if city_key.as_str() == key => city_key,
         _ => {
             return Err(decode_error(format!(
                 "city {:?} does not match key {key:?}",
                 event.city
             )));
         }
-    }
+    };
     Ok(Write {
         occurred_at_micros: event.occurred_at,
-        document: CityDocument::from_event(key, &event, partition, offset),
+        document: CityDocument::from_event(city_key.into_string(), event, partition, offset),
     })
 }
 

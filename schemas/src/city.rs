@@ -102,12 +102,23 @@ pub struct CityKey(String);
 impl CityKey {
     /// The key of a raw name, with the same rules as [`CityName::parse`].
     pub fn parse(raw: &str) -> Result<Self, CityNameError> {
-        CityName::parse(raw).map(|name| name.key())
+        CityName::parse(raw).map(|name| name.key)
+    }
+
+    /// The key as a string, without a copy.
+    pub fn into_string(self) -> String {
+        self.0
     }
 
     /// The key of a name that is already NFC and trimmed (a [`CityName`]).
     fn derive(name: &str) -> String {
-        let collapsed = name.split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut collapsed = String::with_capacity(name.len());
+        for word in name.split_whitespace() {
+            if !collapsed.is_empty() {
+                collapsed.push(' ');
+            }
+            collapsed.push_str(word);
+        }
         // Lower-casing can leave a string that is no longer in NFC (a capital letter
         // with a dot above lowers to a letter plus a combining mark), so normalise
         // again to keep the key a fixed point.

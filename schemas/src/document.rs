@@ -32,20 +32,22 @@ pub struct CityDocument {
 }
 
 impl CityDocument {
+    /// Takes the key and the event by value: the indexer builds a document per
+    /// event, and each copy of a string was an allocation.
     pub fn from_event(
-        key: &str,
-        event: &CityPopulationUpdated,
+        key: String,
+        event: CityPopulationUpdated,
         partition: i32,
         offset: i64,
     ) -> Self {
         Self {
-            key: key.to_owned(),
-            name: Some(event.city.clone()),
+            key,
+            name: Some(event.city),
             population: Some(event.population),
             updated_at: rfc3339_from_micros(event.occurred_at),
             version: offset,
             partition,
-            event_id: Some(event.event_id.clone()),
+            event_id: Some(event.event_id),
             deleted: false,
         }
     }
@@ -134,7 +136,7 @@ mod tests {
             population: 1,
             occurred_at: 1_700_000_000_123_456,
         };
-        let doc = serde_json::to_value(CityDocument::from_event("paris", &event, 3, 42)).unwrap();
+        let doc = serde_json::to_value(CityDocument::from_event("paris".into(), event.clone(), 3, 42)).unwrap();
         let mapped = mappings()["properties"].as_object().unwrap().clone();
         for field in doc.as_object().unwrap().keys() {
             assert!(mapped.contains_key(field), "{field} is not mapped");
