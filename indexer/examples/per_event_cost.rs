@@ -29,7 +29,7 @@ use rdkafka::message::OwnedMessage;
 
 /// The indexer binary's allocator, so its cost is the one measured.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// The indexer's defaults: `--batch-max-events`, `--bulk-max-documents`.
 const BATCH_EVENTS: usize = 10_000;

@@ -136,7 +136,13 @@ mod tests {
             population: 1,
             occurred_at: 1_700_000_000_123_456,
         };
-        let doc = serde_json::to_value(CityDocument::from_event("paris".into(), event.clone(), 3, 42)).unwrap();
+        let doc = serde_json::to_value(CityDocument::from_event(
+            "paris".into(),
+            event.clone(),
+            3,
+            42,
+        ))
+        .unwrap();
         let mapped = mappings()["properties"].as_object().unwrap().clone();
         for field in doc.as_object().unwrap().keys() {
             assert!(mapped.contains_key(field), "{field} is not mapped");
