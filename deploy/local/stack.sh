@@ -357,16 +357,7 @@ cmd_kafka_cli() {
   resolve_stack_dir
   [ -d "$(kafka_lib)" ] || die "no Kafka classpath yet; run '$0 up' first"
   local tool=$1; shift
-  case "$tool" in
-    topics) tool=org.apache.kafka.tools.TopicCommand ;;
-    console-producer) tool=org.apache.kafka.tools.ConsoleProducer ;;
-    console-consumer) tool=org.apache.kafka.tools.consumer.ConsoleConsumer ;;
-    consumer-groups) tool=org.apache.kafka.tools.consumer.group.ConsumerGroupCommand ;;
-    api-versions) tool=org.apache.kafka.tools.BrokerApiVersionsCommand ;;
-    metadata-quorum) tool=org.apache.kafka.tools.MetadataQuorumCommand ;;
-    configs) tool=org.apache.kafka.tools.ConfigCommand ;;
-  esac
-  kafka_tool "$tool" "$@"
+  kafka_tool "$(kafka_cli_class "$tool")" "$@"
 }
 
 main() {

@@ -3,9 +3,11 @@
 # Java discovery and templates. Sourced, never run; uses the settings stack.sh sets.
 
 # Progress goes to stderr so that stdout carries only the endpoint lines.
-say()  { printf 'stack: %s\n' "$*" >&2; }
-warn() { printf 'stack: WARNING: %s\n' "$*" >&2; }
-die()  { printf 'stack: ERROR: %s\n' "$*" >&2; exit 1; }
+# SAY_PREFIX names the script that speaks (stack, cluster).
+SAY_PREFIX=${SAY_PREFIX:-stack}
+say()  { printf '%s: %s\n' "$SAY_PREFIX" "$*" >&2; }
+warn() { printf '%s: WARNING: %s\n' "$SAY_PREFIX" "$*" >&2; }
+die()  { printf '%s: ERROR: %s\n' "$SAY_PREFIX" "$*" >&2; exit 1; }
 
 now() { date +%s; }
 
@@ -36,9 +38,13 @@ marked_pids() {
   done
 }
 
-# kafka | engine. The engine's files may live apart from the stack dir (engine_base).
+# kafka | engine (stack.sh), kafka-N | engine-N (the nodes of cluster.sh). The
+# engine's files may live apart from the stack dir (engine_base).
 comp_dir() {
-  if [ "$1" = engine ]; then printf '%s/engine' "$(engine_base)"; else printf '%s/%s' "$STACK_DIR" "$1"; fi
+  case "$1" in
+    engine|engine-*) printf '%s/%s' "$(engine_base)" "$1" ;;
+    *) printf '%s/%s' "$STACK_DIR" "$1" ;;
+  esac
 }
 
 # Where the engine's homes and run dir live: the stack dir, unless the engine's own
@@ -47,6 +53,9 @@ comp_dir() {
 engine_base() {
   if [ -s "$STACK_DIR/engine.base" ]; then cat "$STACK_DIR/engine.base"; else printf '%s' "$STACK_DIR"; fi
 }
+# " node N" for a node of cluster.sh (kafka-N, engine-N), nothing for stack.sh's
+# single components: for messages.
+node_label() { case "$1" in *-[0-9]*) printf ' node %s' "${1##*-}" ;; esac; }
 pid_file() { printf '%s/%s.pid' "$(comp_dir "$1")" "$1"; }
 out_file() { printf '%s/%s.out' "$(comp_dir "$1")" "$1"; }      # JVM stdout/stderr
 conf_file() { printf '%s/running.conf' "$(comp_dir "$1")"; }    # settings it was started with
