@@ -23,6 +23,10 @@ use crate::schedule::{Fault, Planned};
 
 /// The longest an admin command (replay, redrive) may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(600);
+/// Runs of `indexer replay` before its failure fails the soak, and the pause
+/// between two.
+const REPLAY_ATTEMPTS: u32 = 5;
+const REPLAY_RETRY: Duration = Duration::from_secs(15);
 /// How long the fix waits for the `schema` poison to be dead-lettered.
 const DEAD_LETTERED_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a restarted indexer gets to become ready before the next one of a
@@ -231,7 +235,24 @@ impl Services {
             Fault::Poison { decode, schema } => self.inject_poison(*decode, *schema).await,
             Fault::Replay => {
                 let _admin = self.admin_lock.lock().await;
-                let outcome = self.admin_command(&["replay", "--json"]).await;
+                // As a Job would: replay is a one-shot command that exits when the
+                // engine does not answer (a stopped master node), leaving the alias
+                // where it was; it is run again until it succeeds. Each failed
+                // attempt is in the log and the report.
+                let mut outcome = self.admin_command(&["replay", "--json"]).await;
+                for attempt in 2..=REPLAY_ATTEMPTS {
+                    let Err(e) = &outcome else { break };
+                    self.log(format!(
+                        "indexer replay attempt {} failed: {e}",
+                        attempt - 1
+                    ));
+                    self.admin.lock().unwrap_or_else(|e| e.into_inner()).push((
+                        format!("indexer replay attempt {} (retried)", attempt - 1),
+                        Ok(e.clone()),
+                    ));
+                    tokio::time::sleep(REPLAY_RETRY).await;
+                    outcome = self.admin_command(&["replay", "--json"]).await;
+                }
                 self.record_admin("indexer replay", outcome)?;
             }
             Fault::FixAndRedrive => return self.fix_and_redrive().await.map(|()| None),
