@@ -361,34 +361,8 @@ require_tools() {
   find_engine_java
 }
 
-cmd_down() {
-  local purge=false arg comp pid pids="" comps=""
-  for arg in "$@"; do
-    case "$arg" in
-      --purge) purge=true ;;
-      *) die "unknown option for down: $arg" ;;
-    esac
-  done
-  resolve_stack_dir
-  [ -d "$STACK_DIR" ] || { say "nothing to stop ($STACK_DIR does not exist)"; return 0; }
-  acquire_lock
-  # SIGTERM everything first, then wait: the shutdowns overlap. A SIGSTOPped node
-  # only acts on the SIGTERM once continued.
-  for comp in $(all_comps); do
-    pid=$(running_pid "$comp")
-    if [ -n "$pid" ]; then
-      say "stopping $comp (pid $pid)"
-      kill -TERM "$pid" 2>/dev/null || true
-      kill -CONT "$pid" 2>/dev/null || true
-      pids="$pids $pid"; comps="$comps $comp"
-    fi
-  done
-  [ -n "$pids" ] || say "nothing running"
-  for pid in $pids; do stop_pid "$pid"; done   # waits, SIGKILL after the timeout
-  for comp in $(all_comps); do rm -f "$(pid_file "$comp")" "$(conf_file "$comp")"; done
-  if $purge; then purge_data; fi
-  return 0
-}
+# shellcheck disable=SC2046 # one word a component
+cmd_down() { down_components "$@" -- $(all_comps); }
 
 # Deletes every node's data and logs and the Kafka cluster id; keeps the unzipped
 # engine (and the downloads, which live in stack.sh's cache).
@@ -405,18 +379,14 @@ cmd_status() {
   local ok=0 i pid port state health body
   for i in $(seq 1 "$KAFKA_NODES"); do
     select_kafka "$i"
-    pid=$(running_pid "$KAFKA_COMP")
-    port=$(conf_value "$(running_conf "$KAFKA_COMP")" port); port=${port:-$KAFKA_PORT}
-    state=$(node_state "$pid")
+    pid=$(running_pid "$KAFKA_COMP"); port=$KAFKA_PORT; state=$(node_state "$pid")
     if [ "$state" = running ] && ! kafka_node_registered "$port"; then state="running, NOT in the metadata"; fi
     case "$state" in running) ;; *) ok=1 ;; esac
     printf '%-10s %-30s %s:%s%s\n' "kafka $i" "$state" "$HOST" "$port" "$(pid_rss "$pid")"
   done
   for i in $(seq 1 "$ENGINE_NODES"); do
     select_engine "$i"
-    pid=$(running_pid "$ENGINE_COMP")
-    port=$(conf_value "$(running_conf "$ENGINE_COMP")" port); port=${port:-$ENGINE_PORT}
-    state=$(node_state "$pid")
+    pid=$(running_pid "$ENGINE_COMP"); port=$ENGINE_PORT; state=$(node_state "$pid")
     if [ "$state" = running ]; then
       health=$(engine_health "$port" off)
       if [ -z "$health" ]; then state="running, NOT in a cluster"; else state="running, $health"; fi
@@ -482,7 +452,7 @@ cmd_env() {
 }
 
 cmd_logs() {
-  local kind="" n="" follow=false lines=40 files=() candidates=() f
+  local kind="" n="" follow=false lines=40 candidates=()
   while [ $# -gt 0 ]; do
     case "$1" in
       -f|--follow) follow=true ;;
@@ -498,20 +468,13 @@ cmd_logs() {
     kafka) select_kafka "$n"; candidates=("$(out_file "$KAFKA_COMP")" "$(kafka_log)") ;;
     engine) select_engine "$n"; candidates=("$(out_file "$ENGINE_COMP")" "$(engine_log)") ;;
   esac
-  for f in "${candidates[@]}"; do
-    if $follow || [ -s "$f" ]; then files+=("$f"); fi
-  done
-  [ ${#files[@]} -gt 0 ] || die "no logs yet for $kind $n under $STACK_DIR (has the cluster been started?)"
-  if $follow; then exec tail -n "$lines" -F "${files[@]}"; fi
-  tail -n "$lines" "${files[@]}"
+  show_logs "$follow" "$lines" "$kind $n" "${candidates[@]}"
 }
 
 cmd_kafka_cli() {
   [ $# -gt 0 ] || die "usage: $0 kafka-cli TOOL [ARGS...] (e.g. topics --bootstrap-server $HOST:${KAFKA_PORTS[0]} --list)"
   resolve_stack_dir
-  [ -d "$(kafka_lib)" ] || die "no Kafka classpath yet; run '$0 up' first"
-  local tool=$1; shift
-  kafka_tool "$(kafka_cli_class "$tool")" "$@"
+  kafka_cli "$@"
 }
 
 # ---------------------------------------------------------------------------
@@ -552,8 +515,11 @@ cmd_start() {
   check_settings
   init_stack_dir
   require_tools
-  acquire_lock
   deadline=$(( $(now) + START_TIMEOUT ))
+  # Locked while starting, not while waiting: the soak may start several nodes at once.
+  acquire_lock
+  [ -n "$(running_conf "$kind-$n")" ] ||
+    die "$kind $n is not part of a running cluster (never started, or after down): run '$0 up'"
   pid=$(running_pid "$kind-$n")
   if [ -n "$pid" ] && [ "$(proc_state "$pid")" = T ]; then
     die "$kind $n (pid $pid) is SIGSTOPped: resume it with: $0 cont $kind $n"
@@ -562,10 +528,12 @@ cmd_start() {
     kafka)
       select_kafka "$n"
       if [ -z "$pid" ]; then ports_free "$KAFKA_COMP"; start_kafka; fi
+      release_lock
       wait_kafka "$deadline" kafka_node_registered ;;
     engine)
       select_engine "$n"
       if [ -z "$pid" ]; then ports_free "$ENGINE_COMP"; start_engine; fi
+      release_lock
       wait_engine "$deadline" ;;
   esac
 }

@@ -91,6 +91,13 @@ kafka_cli_class() {
   esac
 }
 
+# kafka_cli TOOL [ARGS...]: runs a CLI tool by its short name or main class.
+kafka_cli() {
+  [ -d "$(kafka_lib)" ] || die "no Kafka classpath yet; run '$0 up' first"
+  local tool=$1; shift
+  kafka_tool "$(kafka_cli_class "$tool")" "$@"
+}
+
 # Rewritten on every start so that changed settings apply; the data dir keeps the
 # cluster id and node id it was formatted with.
 # shellcheck disable=SC2034 # KAFKA_DIR, KAFKA_KEYSTORE: read by render

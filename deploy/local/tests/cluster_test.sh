@@ -28,21 +28,8 @@ cleanup() {
 trap cleanup EXIT
 
 started=$(date +%s)
-passed=0
-failed=0
-check() { # description, then a command that must succeed
-  local what=$1
-  shift
-  if "$@"; then
-    echo "ok - $what"; passed=$((passed + 1))
-  else
-    echo "FAILED - $what"; failed=$((failed + 1))
-  fi
-}
-contains() { grep -q -- "$2" <<<"$1"; }
-lacks() { ! grep -q -- "$2" <<<"$1"; }
-alive() { kill -0 "$1" 2>/dev/null; }
-dead() { ! kill -0 "$1" 2>/dev/null; }
+# shellcheck source=deploy/local/tests/checks.sh
+. deploy/local/tests/checks.sh
 port_closed() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 all_ports_closed() { local p; for p in $ports; do port_closed "$p" || return 1; done; }
 # Processes that carry this cluster's marker (cluster.sh tags every JVM it starts).
@@ -78,6 +65,12 @@ engine_nodes_are() {
 }
 
 echo "==> cluster script test (cluster dir $CITYPOP_CLUSTER_DIR)"
+# Every setting the script reads is described in its help and in README.
+help=$("$cluster" help)
+while read -r setting; do
+  check "help describes $setting" contains "$help" "$setting"
+  check "README describes $setting" grep -q "\`$setting\`" README.md
+done < <(grep -o 'CITYPOP_[A-Z_]*' "$cluster" | sort -u)
 status=0; out=$("$cluster" status 2>&1) || status=$?
 check "status of a cluster never started fails" test "$status" -ne 0
 check "and says the nodes are stopped" contains "$out" "kafka 1 *stopped"
