@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use citypop_tests::fault_proxy::FaultProxy;
 use citypop_tests::kafka::{Kafka, SCHEMA_V2, encode_v2};
 use citypop_tests::{
-    Names, Readiness, Service, Stack, indexer_command_builder, spawn_indexer_with,
+    Names, Readiness, Service, Stack, indexer_command_builder, peak_rss_bytes, spawn_indexer_with,
 };
 use serde::Serialize;
 use tokio::sync::Mutex;
@@ -83,8 +83,11 @@ impl Services {
         let kafka = Kafka::connect(&settings.kafka);
         let mut proxies = Vec::new();
         for i in 0..count {
-            let engine = &settings.engine_urls[i % settings.engine_urls.len()];
-            proxies.push(FaultProxy::start(host_of(engine)).await);
+            let node = Stack {
+                kafka: settings.kafka.clone(),
+                elasticsearch: settings.engine_urls[i % settings.engine_urls.len()].clone(),
+            };
+            proxies.push(FaultProxy::start(node.engine_host()).await);
         }
         let services = Self {
             start: Instant::now(),
@@ -432,18 +435,4 @@ impl Services {
     pub fn indexers_started(&self) -> usize {
         self.started_indexers.load(Ordering::SeqCst)
     }
-}
-
-pub fn host_of(url: &str) -> &str {
-    url.trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .trim_end_matches('/')
-}
-
-/// Peak resident set size (`VmHWM`) of `pid` in bytes, while it still runs.
-pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
