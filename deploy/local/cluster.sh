@@ -321,7 +321,7 @@ cmd_up() {
   init_stack_dir
   require_tools
   acquire_lock
-  local started deadline i comp to_start=()
+  local started deadline i comp pid to_start=()
   started=$(now)
   deadline=$(( started + START_TIMEOUT ))
   for i in $(seq 1 "$KAFKA_NODES"); do
@@ -333,6 +333,13 @@ cmd_up() {
     if [ -n "$(running_pid "$ENGINE_COMP")" ]; then check_running_matches "$ENGINE_COMP" "$(engine_conf)"; else to_start+=("$ENGINE_COMP"); fi
   done
   for comp in "${to_start[@]}"; do ports_free "$comp"; done
+  # A stopped node would only make the wait below time out.
+  for comp in $(all_comps); do
+    pid=$(running_pid "$comp")
+    if [ -n "$pid" ] && [ "$(proc_state "$pid")" = T ]; then
+      die "${comp%-*} ${comp##*-} (pid $pid) is SIGSTOPped: resume it with: $0 cont ${comp%-*} ${comp##*-}"
+    fi
+  done
   [ ${#to_start[@]} -eq 0 ] || collect_kafka_classpath
 
   # Start every node before waiting for any: their startups overlap, and neither
