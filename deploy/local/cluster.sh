@@ -131,13 +131,16 @@ Settings (environment variables, with defaults):
   JAVA_HOME, CITYPOP_ENGINE_JAVA_HOME      as for stack.sh
 The cluster has no TLS or SASL listeners and no engine security: stack.sh has them.
 
-Memory: about 4 GiB for the 5 JVMs at the default heaps (their RSS: status shows
-it), which leaves room for 2 producer-api and 3 indexers within 6 GiB.
+Memory: the 5 JVMs at the default heaps hold about 2.2 GiB resident after up and
+2.5 GiB after a light load (status shows each node's RSS), which leaves room for
+2 producer-api and 3 indexers within 6 GiB.
 
 Notes for fault injection:
   - A broker killed or stopped leaves 2 of 3 replicas: acks=all writes go on
-    (min.insync.replicas=2); with 2 brokers gone they fail (NOT_ENOUGH_REPLICAS)
-    and the quorum has no majority until one returns.
+    (min.insync.replicas=2) once the controller has fenced it, after the 9 s
+    broker session timeout; until then writes to the partitions it leads or
+    follows wait. With 2 brokers gone writes fail (NOT_ENOUGH_REPLICAS) and the
+    quorum has no majority until one returns.
   - The engine cluster has 2 master-eligible nodes, but a voting configuration
     keeps an odd number of them: only one node votes (status shows which), and
     it is the elected master. Killing or stopping that node makes the engine
