@@ -131,13 +131,16 @@ Settings (environment variables, with defaults):
   JAVA_HOME, CITYPOP_ENGINE_JAVA_HOME      as for stack.sh
 The cluster has no TLS or SASL listeners and no engine security: stack.sh has them.
 
-Memory: about 4 GiB for the 5 JVMs at the default heaps (their RSS: status shows
-it), which leaves room for 2 producer-api and 3 indexers within 6 GiB.
+Memory: the 5 JVMs at the default heaps hold about 2.2 GiB resident after up and
+2.5 GiB after a light load (status shows each node's RSS), which leaves room for
+2 producer-api and 3 indexers within 6 GiB.
 
 Notes for fault injection:
   - A broker killed or stopped leaves 2 of 3 replicas: acks=all writes go on
-    (min.insync.replicas=2); with 2 brokers gone they fail (NOT_ENOUGH_REPLICAS)
-    and the quorum has no majority until one returns.
+    (min.insync.replicas=2) once the controller has fenced it, after the 9 s
+    broker session timeout; until then writes to the partitions it leads or
+    follows wait. With 2 brokers gone writes fail (NOT_ENOUGH_REPLICAS) and the
+    quorum has no majority until one returns.
   - The engine cluster has 2 master-eligible nodes, but a voting configuration
     keeps an odd number of them: only one node votes (status shows which), and
     it is the elected master. Killing or stopping that node makes the engine
@@ -321,7 +324,7 @@ cmd_up() {
   init_stack_dir
   require_tools
   acquire_lock
-  local started deadline i comp to_start=()
+  local started deadline i comp pid to_start=()
   started=$(now)
   deadline=$(( started + START_TIMEOUT ))
   for i in $(seq 1 "$KAFKA_NODES"); do
@@ -333,6 +336,13 @@ cmd_up() {
     if [ -n "$(running_pid "$ENGINE_COMP")" ]; then check_running_matches "$ENGINE_COMP" "$(engine_conf)"; else to_start+=("$ENGINE_COMP"); fi
   done
   for comp in "${to_start[@]}"; do ports_free "$comp"; done
+  # A stopped node would only make the wait below time out.
+  for comp in $(all_comps); do
+    pid=$(running_pid "$comp")
+    if [ -n "$pid" ] && [ "$(proc_state "$pid")" = T ]; then
+      die "${comp%-*} ${comp##*-} (pid $pid) is SIGSTOPped: resume it with: $0 cont ${comp%-*} ${comp##*-}"
+    fi
+  done
   [ ${#to_start[@]} -eq 0 ] || collect_kafka_classpath
 
   # Start every node before waiting for any: their startups overlap, and neither

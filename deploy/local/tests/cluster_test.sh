@@ -59,6 +59,7 @@ until_ok() {
     sleep 2
   done
 }
+phase() { echo "==> $1 (at $(( $(date +%s) - started ))s)"; }
 isr_is() { [ "$(isr_size)" = "$1" ]; }
 engine_nodes_are() {
   curl -s -m 15 "http://127.0.0.1:$1/_cluster/health?wait_for_nodes=$2&timeout=10s" | grep -q '"timed_out":false'
@@ -75,6 +76,7 @@ status=0; out=$("$cluster" status 2>&1) || status=$?
 check "status of a cluster never started fails" test "$status" -ne 0
 check "and says the nodes are stopped" contains "$out" "kafka 1 *stopped"
 
+phase "up"
 env=$("$cluster" up 2>"$dir/up.err") || { cat "$dir/up.err"; exit 1; }
 check "up prints the three brokers" contains "$env" "^KAFKA_BOOTSTRAP_SERVERS=$bootstrap$"
 check "up prints the first engine node" contains "$env" "^ELASTICSEARCH_URL=http://127.0.0.1:28200$"
@@ -94,6 +96,7 @@ check "brokers require two in-sync replicas" contains "$configs" "min.insync.rep
 check "brokers never elect an unclean leader" contains "$configs" "unclean.leader.election.enable=false "
 check "brokers never auto-create topics" contains "$configs" "auto.create.topics.enable=false "
 
+phase "a topic with three replicas"
 # No --replication-factor: the brokers' default must be 3.
 kcli topics --bootstrap-server "$bootstrap" --create --topic "$topic" --partitions 1 >/dev/null 2>&1
 check "a new topic gets replication factor 3" contains "$(describe)" "ReplicationFactor: 3"
@@ -102,6 +105,7 @@ out=$(produce one two)
 check "an acks=all write with three brokers reports no error" lacks "$out" "ERROR"
 check "and is read back" test "$(consume 2)" = "one two "
 
+phase "a broker killed and started"
 # Kill the partition's leader: the worst broker to lose.
 victim=$(leader)
 victim_pid=$("$cluster" pid kafka "$victim")
@@ -125,6 +129,7 @@ check "it rejoins the in-sync replicas" until_ok 60 isr_is 3
 check "starting a running broker is a no-op" "$cluster" start kafka "$victim" 2>/dev/null
 check "nothing was lost" test "$(consume 3)" = "one two three "
 
+phase "an engine node stopped, continued, killed and started"
 engine_pid=$("$cluster" pid engine 2)
 "$cluster" stop engine 2 2>/dev/null
 check "stop engine 2 stops the process (SIGSTOP)" test "$(awk '{print $3}' "/proc/$engine_pid/stat")" = T
@@ -134,6 +139,9 @@ check "and says it is stopped" contains "$out" "engine 2 *SIGSTOPped"
 status=0; "$cluster" start engine 2 2>"$dir/start2.err" || status=$?
 check "start refuses a stopped node" test "$status" -ne 0
 check "and says to cont it" contains "$(cat "$dir/start2.err")" "cont engine 2"
+status=0; "$cluster" up >/dev/null 2>"$dir/up2.err" || status=$?
+check "up refuses to wait for a stopped node" test "$status" -ne 0
+check "and says to cont it" contains "$(cat "$dir/up2.err")" "cont engine 2"
 "$cluster" cont engine 2 2>/dev/null
 check "cont engine 2 resumes it" test "$(awk '{print $3}' "/proc/$engine_pid/stat")" != T
 check "the engine cluster has two nodes again" engine_nodes_are 28200 2
@@ -144,6 +152,7 @@ check "kill engine 2 kills the node" dead "$engine_pid"
 check "start engine 2 brings it back" alive "$("$cluster" pid engine 2 2>/dev/null || echo 0)"
 check "and it rejoins the cluster" engine_nodes_are 28200 2
 
+phase "down"
 "$cluster" down 2>"$dir/down.err"
 check "nothing of the cluster runs after down" test "$(ours)" -eq 0
 check "down frees every port" all_ports_closed
