@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 STACK := deploy/local/stack.sh
 
-.PHONY: help run test bench lint lint-deploy build stack-up stack-down stack-status
+.PHONY: help run test bench chaos lint lint-deploy build stack-up stack-down stack-status
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -18,6 +18,9 @@ test: ## Lint, unit tests, and end-to-end tests against the real services (start
 
 bench: ## Benchmarks against the engine's ceilings (BENCH_ARGS="--events 100000 ..."); results in bench/results/
 	@deploy/local/bench.sh
+
+chaos: ## The chaos soak on a multi-node cluster: seeded faults under load, then end checks (CHAOS_DURATION=20m, CHAOS_SEED); report in bench/results/
+	@deploy/local/chaos.sh
 
 lint: ## cargo fmt --check, clippy with warnings as errors, cargo deny (advisories, licences, bans, sources)
 	cargo fmt --all --check

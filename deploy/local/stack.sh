@@ -231,32 +231,8 @@ cmd_up() {
   print_endpoints
 }
 
-cmd_down() {
-  local purge=false arg comp pid pids="" comps=""
-  for arg in "$@"; do
-    case "$arg" in
-      --purge) purge=true ;;
-      *) die "unknown option for down: $arg" ;;
-    esac
-  done
-  resolve_stack_dir
-  [ -d "$STACK_DIR" ] || { say "nothing to stop ($STACK_DIR does not exist)"; return 0; }
-  acquire_lock
-  # SIGTERM everything first, then wait: the shutdowns overlap.
-  for comp in kafka engine $LEGACY_ENGINES; do
-    pid=$(running_pid "$comp")
-    if [ -n "$pid" ]; then
-      say "stopping $comp (pid $pid)"
-      kill -TERM "$pid" 2>/dev/null || true
-      pids="$pids $pid"; comps="$comps $comp"
-    fi
-  done
-  [ -n "$pids" ] || say "nothing running"
-  for pid in $pids; do stop_pid "$pid"; done   # waits, SIGKILL after the timeout
-  for comp in $comps; do rm -f "$(pid_file "$comp")" "$(conf_file "$comp")"; done
-  if $purge; then purge_data; fi
-  return 0
-}
+# shellcheck disable=SC2086 # LEGACY_ENGINES is a list of words
+cmd_down() { down_components "$@" -- kafka engine $LEGACY_ENGINES; }
 
 # Deletes data, logs and certificates of every component; keeps the downloads.
 purge_data() {
@@ -328,7 +304,7 @@ cmd_env() {
 }
 
 cmd_logs() {
-  local which=all follow=false n=40 files=() candidates=() f
+  local which=all follow=false n=40 candidates=()
   while [ $# -gt 0 ]; do
     case "$1" in
       -f|--follow) follow=true ;;
@@ -344,29 +320,13 @@ cmd_logs() {
     engine) candidates=("$(out_file engine)" "$(engine_log)") ;;
     all) candidates=("$(out_file kafka)" "$(kafka_log)" "$(out_file engine)" "$(engine_log)") ;;
   esac
-  for f in "${candidates[@]}"; do
-    if $follow || [ -s "$f" ]; then files+=("$f"); fi
-  done
-  [ ${#files[@]} -gt 0 ] || die "no logs yet under $STACK_DIR (has the stack been started?)"
-  if $follow; then exec tail -n "$n" -F "${files[@]}"; fi
-  tail -n "$n" "${files[@]}"
+  show_logs "$follow" "$n" "$which" "${candidates[@]}"
 }
 
 cmd_kafka_cli() {
   [ $# -gt 0 ] || die "usage: $0 kafka-cli TOOL [ARGS...] (e.g. topics --bootstrap-server $HOST:$KAFKA_PORT --list)"
   resolve_stack_dir
-  [ -d "$(kafka_lib)" ] || die "no Kafka classpath yet; run '$0 up' first"
-  local tool=$1; shift
-  case "$tool" in
-    topics) tool=org.apache.kafka.tools.TopicCommand ;;
-    console-producer) tool=org.apache.kafka.tools.ConsoleProducer ;;
-    console-consumer) tool=org.apache.kafka.tools.consumer.ConsoleConsumer ;;
-    consumer-groups) tool=org.apache.kafka.tools.consumer.group.ConsumerGroupCommand ;;
-    api-versions) tool=org.apache.kafka.tools.BrokerApiVersionsCommand ;;
-    metadata-quorum) tool=org.apache.kafka.tools.MetadataQuorumCommand ;;
-    configs) tool=org.apache.kafka.tools.ConfigCommand ;;
-  esac
-  kafka_tool "$tool" "$@"
+  kafka_cli "$@"
 }
 
 main() {

@@ -124,7 +124,7 @@ pub async fn run(
     let alias = config.engine.index_alias.clone();
     let consumer = Arc::new(consumer::create_consumer(&config, metrics.clone())?);
     metrics.status.watch_group(
-        consumer.clone(),
+        &consumer,
         offsets::OffsetReader::for_group(&config.kafka, &config.consumer_group)?,
         config.kafka.topic.clone(),
         config.consumer_group.clone(),

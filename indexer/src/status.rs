@@ -4,7 +4,7 @@
 //! pause, the topic guard's verdict, the last error, and what was done since start.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -42,7 +42,11 @@ pub struct LastError {
 
 /// The consumer group side of the answer.
 struct GroupView {
-    consumer: Arc<GroupConsumer>,
+    /// Weak: the consumer's context holds the metrics, which hold this board, so a
+    /// strong reference here was a cycle that kept the consumer from ever being
+    /// dropped, and so from leaving its group on shutdown (the others then waited
+    /// out the session timeout for its partitions).
+    consumer: Weak<GroupConsumer>,
     offsets: OffsetReader,
     topic: String,
     group: String,
@@ -99,13 +103,13 @@ fn now() -> String {
 impl StatusBoard {
     pub fn watch_group(
         &self,
-        consumer: Arc<GroupConsumer>,
+        consumer: &Arc<GroupConsumer>,
         offsets: OffsetReader,
         topic: String,
         group: String,
     ) {
         let _ = self.group.set(GroupView {
-            consumer,
+            consumer: Arc::downgrade(consumer),
             offsets,
             topic,
             group,
@@ -154,16 +158,19 @@ impl StatusBoard {
         if let Some(view) = self.group.get() {
             status.topic = Some(view.topic.clone());
             status.group = Some(view.group.clone());
-            status.member_id = crate::native::member_id(view.consumer.client());
-            status.partitions = view.partitions().await;
+            // Gone once the indexer stopped: no member, no partitions.
+            if let Some(consumer) = view.consumer.upgrade() {
+                status.member_id = crate::native::member_id(consumer.client());
+                status.partitions = view.partitions(&consumer).await;
+            }
         }
         status
     }
 }
 
 impl GroupView {
-    async fn partitions(&self) -> Vec<PartitionStatus> {
-        let assigned: Vec<i32> = match self.consumer.assignment() {
+    async fn partitions(&self, consumer: &GroupConsumer) -> Vec<PartitionStatus> {
+        let assigned: Vec<i32> = match consumer.assignment() {
             Ok(list) => list.elements().iter().map(|e| e.partition()).collect(),
             Err(error) => {
                 tracing::debug!(%error, "reading the assignment for /status");
@@ -181,7 +188,7 @@ impl GroupView {
             .committed(&self.topic, assigned.iter().copied())
             .await
             .unwrap_or_default();
-        let paused = self.consumer.context().is_paused();
+        let paused = consumer.context().is_paused();
         partition_rows(&assigned, &committed, &ends, paused)
     }
 }

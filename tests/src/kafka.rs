@@ -18,6 +18,40 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A v2 of the event, adding a field with a default as the contract allows: the
+/// schema a newer producer might write before the indexer knows it. Not published:
+/// the product does not write it.
+pub const SCHEMA_V2: &str = r#"{"type": "record", "name": "CityPopulationUpdated", "namespace": "io.citypop.events",
+  "fields": [
+    {"name": "event_id", "type": "string"},
+    {"name": "city", "type": "string"},
+    {"name": "population", "type": "long"},
+    {"name": "occurred_at", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+    {"name": "country", "type": "string", "default": ""}
+  ]}"#;
+
+/// An update written with [`SCHEMA_V2`], as a newer producer would: `schema` poison
+/// for an indexer that has not been taught that schema yet.
+pub fn encode_v2(city: &str, population: i64) -> Vec<u8> {
+    use apache_avro::types::Value as Avro;
+    let schema = apache_avro::Schema::parse_str(SCHEMA_V2).expect("the v2 test schema parses");
+    let fingerprint = event::Fingerprint::of_schema(SCHEMA_V2).expect("the v2 fingerprint");
+    let record = Avro::Record(vec![
+        (
+            "event_id".into(),
+            Avro::String(uuid::Uuid::now_v7().to_string()),
+        ),
+        ("city".into(), Avro::String(city.into())),
+        ("population".into(), Avro::Long(population)),
+        ("occurred_at".into(), Avro::TimestampMicros(now_micros())),
+        ("country".into(), Avro::String("FR".into())),
+    ]);
+    let mut payload = vec![0xC3, 0x01];
+    payload.extend(fingerprint.to_bytes());
+    payload.extend(apache_avro::to_avro_datum(&schema, record).expect("encoding a v2 event"));
+    payload
+}
+
 /// A message read back from a topic.
 #[derive(Debug, Clone)]
 pub struct Record {

@@ -201,6 +201,15 @@ impl Drop for Service {
     }
 }
 
+/// Peak resident set size (`VmHWM`) of `pid` in bytes, while it still runs: the
+/// kernel's own high-water mark, for the bench's and the soak's memory targets.
+pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// A port nothing listens on when returned (for a service pointed at a dependency
 /// that is not there).
 pub fn unused_port() -> u16 {

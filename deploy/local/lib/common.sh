@@ -3,9 +3,11 @@
 # Java discovery and templates. Sourced, never run; uses the settings stack.sh sets.
 
 # Progress goes to stderr so that stdout carries only the endpoint lines.
-say()  { printf 'stack: %s\n' "$*" >&2; }
-warn() { printf 'stack: WARNING: %s\n' "$*" >&2; }
-die()  { printf 'stack: ERROR: %s\n' "$*" >&2; exit 1; }
+# SAY_PREFIX names the script that speaks (stack, cluster).
+SAY_PREFIX=${SAY_PREFIX:-stack}
+say()  { printf '%s: %s\n' "$SAY_PREFIX" "$*" >&2; }
+warn() { printf '%s: WARNING: %s\n' "$SAY_PREFIX" "$*" >&2; }
+die()  { printf '%s: ERROR: %s\n' "$SAY_PREFIX" "$*" >&2; exit 1; }
 
 now() { date +%s; }
 
@@ -36,9 +38,13 @@ marked_pids() {
   done
 }
 
-# kafka | engine. The engine's files may live apart from the stack dir (engine_base).
+# kafka | engine (stack.sh), kafka-N | engine-N (the nodes of cluster.sh). The
+# engine's files may live apart from the stack dir (engine_base).
 comp_dir() {
-  if [ "$1" = engine ]; then printf '%s/engine' "$(engine_base)"; else printf '%s/%s' "$STACK_DIR" "$1"; fi
+  case "$1" in
+    engine|engine-*) printf '%s/%s' "$(engine_base)" "$1" ;;
+    *) printf '%s/%s' "$STACK_DIR" "$1" ;;
+  esac
 }
 
 # Where the engine's homes and run dir live: the stack dir, unless the engine's own
@@ -47,6 +53,9 @@ comp_dir() {
 engine_base() {
   if [ -s "$STACK_DIR/engine.base" ]; then cat "$STACK_DIR/engine.base"; else printf '%s' "$STACK_DIR"; fi
 }
+# " node N" for a node of cluster.sh (kafka-N, engine-N), nothing for stack.sh's
+# single components: for messages.
+node_label() { case "$1" in *-[0-9]*) printf ' node %s' "${1##*-}" ;; esac; }
 pid_file() { printf '%s/%s.pid' "$(comp_dir "$1")" "$1"; }
 out_file() { printf '%s/%s.out' "$(comp_dir "$1")" "$1"; }      # JVM stdout/stderr
 conf_file() { printf '%s/running.conf' "$(comp_dir "$1")"; }    # settings it was started with
@@ -138,6 +147,59 @@ launch() {
   die "$* did not start (no pid file); see $out"
 }
 
+# show_logs FOLLOW LINES WHAT FILE...: the last LINES lines of those FILEs that
+# exist (all of them when following, since tail -F waits for them), or follows them.
+# WHAT names them in the error when none exists yet.
+show_logs() {
+  local follow=$1 lines=$2 what=$3 files=() f
+  shift 3
+  for f in "$@"; do
+    if $follow || [ -s "$f" ]; then files+=("$f"); fi
+  done
+  [ ${#files[@]} -gt 0 ] || die "no logs yet for $what under $STACK_DIR (has it been started?)"
+  if $follow; then exec tail -n "$lines" -F "${files[@]}"; fi
+  tail -n "$lines" "${files[@]}"
+}
+
+# down_components [--purge] -- COMP...: the `down` command: stops the COMPs, then
+# with --purge deletes their data (the calling script's purge_data).
+down_components() {
+  local purge=false
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do
+    case "$1" in
+      --purge) purge=true ;;
+      *) die "unknown option for down: $1" ;;
+    esac
+    shift
+  done
+  [ $# -gt 0 ] && shift   # the --
+  resolve_stack_dir
+  [ -d "$STACK_DIR" ] || { say "nothing to stop ($STACK_DIR does not exist)"; return 0; }
+  acquire_lock
+  stop_components "$@"
+  if $purge; then purge_data; fi
+  return 0
+}
+
+# stop_components COMP...: stops those that run, all at once (SIGTERM to each
+# first, then wait: the shutdowns overlap), and forgets their pid and settings.
+# A SIGSTOPped process acts on the SIGTERM only once continued: SIGCONT follows.
+stop_components() {
+  local comp pid pids=""
+  for comp in "$@"; do
+    pid=$(running_pid "$comp")
+    if [ -n "$pid" ]; then
+      say "stopping $comp (pid $pid)"
+      kill -TERM "$pid" 2>/dev/null || true
+      kill -CONT "$pid" 2>/dev/null || true
+      pids="$pids $pid"
+    fi
+  done
+  [ -n "$pids" ] || say "nothing running"
+  for pid in $pids; do stop_pid "$pid"; done   # waits, SIGKILL after the timeout
+  for comp in "$@"; do rm -f "$(pid_file "$comp")" "$(conf_file "$comp")"; done
+}
+
 # stop_pid PID: SIGTERM, then SIGKILL after STOP_TIMEOUT seconds.
 stop_pid() {
   local pid=$1 waited=0
@@ -188,6 +250,7 @@ acquire_lock() {
   echo $$ >"$LOCK_DIR/pid"
   trap 'rm -rf "$LOCK_DIR"' EXIT
 }
+release_lock() { rm -rf "$LOCK_DIR"; trap - EXIT; }
 
 # render TEMPLATE OUT: copies TEMPLATE to OUT with every @NAME@ replaced by the
 # value of the shell variable NAME. A placeholder left over is a typo: refused.

@@ -1,12 +1,24 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2153 # ENGINE, ENGINE_VERSION, ...: settings of stack.sh
-# The search engine of deploy/local/stack.sh: Elasticsearch or OpenSearch, one node,
-# from the integ-test-zip distribution Maven Central publishes (the real server with
-# its core modules), unzipped under <stack dir>/<engine>-<version> and started with
-# its own bin/ script. Sourced, never run.
+# The search engine of deploy/local/stack.sh (one node) and cluster.sh (a node of
+# several): Elasticsearch or OpenSearch from the integ-test-zip distribution Maven
+# Central publishes (the real server with its core modules), unzipped under
+# <stack dir>/<engine>-<version> and started with its own bin/ script. Sourced,
+# never run.
 
 ENGINE_JAVA_HOME=""
+# The node the functions below work on. stack.sh keeps the defaults: component
+# "engine", whose config, data and logs live in the unzipped home. cluster.sh sets
+# them per node (engine-N), each node with a config, data and logs dir of its own
+# beside one shared home.
+ENGINE_COMP=engine
 CLUSTER_NAME=citypop-local
+# shellcheck disable=SC2034 # read by render for the templates
+ENGINE_NODE_NAME=citypop-local-1 ENGINE_DISCOVERY="discovery.type: single-node"
+# The health statuses that count as ready. A node of a cluster is ready as soon as it
+# has joined one (any status): an index left red by another node's fault must not
+# keep a restarted node from counting as up.
+ENGINE_READY_STATUSES="green yellow"
 # Elasticsearch refuses to run as root; when the stack runs as root (CI does), the
 # engine runs as this system user, which owns its data and logs.
 ENGINE_OS_USER=citypop-engine
@@ -51,13 +63,19 @@ engine_conf() {
 }
 engine_home() { printf '%s/%s-%s' "$(engine_base)" "$1" "$2"; }
 engine_zip() { printf '%s/dist/%s-%s.zip' "$CACHE_DIR" "$1" "$2"; }
+# Where the node's config/, data/ and logs/ live: the home itself for stack.sh's
+# one node (as before nodes existed, so that its data survives an update), else
+# the node's own run dir.
+engine_node_dir() {
+  if [ "$ENGINE_COMP" = engine ]; then engine_home "$1" "$2"; else comp_dir "$ENGINE_COMP"; fi
+}
 # The server log of the running (or last started) engine.
 engine_log() {
   local conf engine version
-  conf=$(running_conf engine)
+  conf=$(running_conf "$ENGINE_COMP")
   engine=$(conf_value "$conf" engine); engine=${engine:-$ENGINE}
   version=$(conf_value "$conf" version); version=${version:-$ENGINE_VERSION}
-  printf '%s/logs/%s.log' "$(engine_home "$engine" "$version")" "$CLUSTER_NAME"
+  printf '%s/logs/%s.log' "$(engine_node_dir "$engine" "$version")" "$CLUSTER_NAME"
 }
 
 # The distribution, downloaded once into the cache with Maven (so a mirror in the
@@ -123,80 +141,85 @@ choose_engine_base() {
   say "$ENGINE_OS_USER cannot enter $STACK_DIR: the engine's files go to $base"
 }
 
-# When root: the engine's user owns its home and run dir.
+# When root: the engine's user owns its home and the node's run dir.
 prepare_engine_user() {
   as_root || return 0
-  chown -R "$ENGINE_OS_USER:" "$1" "$(comp_dir engine)"
-  runuser -u "$ENGINE_OS_USER" -- test -w "$1/config" ||
-    die "$ENGINE_OS_USER cannot write $1/config"
+  chown -R "$ENGINE_OS_USER:" "$1" "$(comp_dir "$ENGINE_COMP")"
+  runuser -u "$ENGINE_OS_USER" -- test -w "$2/config" ||
+    die "$ENGINE_OS_USER cannot write $2/config"
 }
 
+# write_engine_config HOME NODE_DIR: the node's config dir, its yml rendered from
+# the template. A node apart from the home starts from a copy of the home's config
+# (jvm.options, log4j2.properties), since the engine writes its keystore there.
 # The template's @NAME@ placeholders are these locals, read by render.
 # shellcheck disable=SC2034
 write_engine_config() {
-  local home=$1 ENGINE_DATA ENGINE_LOGS ENGINE_SECURITY_SETTINGS
-  ENGINE_DATA=$home/data
-  ENGINE_LOGS=$home/logs
+  local home=$1 node=$2 ENGINE_DATA ENGINE_LOGS ENGINE_SECURITY_SETTINGS
+  ENGINE_DATA=$node/data
+  ENGINE_LOGS=$node/logs
   mkdir -p "$ENGINE_DATA" "$ENGINE_LOGS"
+  if [ ! -d "$node/config" ]; then cp -R "$home/config" "$node/config"; fi
   if [ "$ENGINE" = opensearch ]; then
-    render "$SCRIPT_DIR/engine/opensearch.yml.template" "$home/config/opensearch.yml"
+    render "$SCRIPT_DIR/engine/opensearch.yml.template" "$node/config/opensearch.yml"
     return 0
   fi
   if [ "$ENGINE_SECURITY" = on ]; then
     ENGINE_SECURITY_SETTINGS=$(<"$SCRIPT_DIR/engine/elasticsearch-security.yml")
     ensure_cert engine
-    cp "$(tls_dir)/ca.pem" "$(tls_dir)/engine.pem" "$(tls_dir)/engine.key" "$SCRIPT_DIR/engine/roles.yml" "$home/config/"
+    cp "$(tls_dir)/ca.pem" "$(tls_dir)/engine.pem" "$(tls_dir)/engine.key" "$SCRIPT_DIR/engine/roles.yml" "$node/config/"
   else
     ENGINE_SECURITY_SETTINGS="xpack.security.enabled: false"
   fi
-  render "$SCRIPT_DIR/engine/elasticsearch.yml.template" "$home/config/elasticsearch.yml"
+  render "$SCRIPT_DIR/engine/elasticsearch.yml.template" "$node/config/elasticsearch.yml"
 }
 
 # The file-realm users, added once (each elasticsearch-users run starts a JVM).
+# Arguments: HOME NODE_DIR.
 ensure_engine_users() {
-  local home=$1 name password role
+  local home=$1 node=$2 name password role
   while IFS=: read -r name password role; do
-    grep -q "^$name:" "$home/config/users" 2>/dev/null && continue
-    as_engine_user env ES_JAVA_HOME="$ENGINE_JAVA_HOME" ES_PATH_CONF="$home/config" \
+    grep -q "^$name:" "$node/config/users" 2>/dev/null && continue
+    as_engine_user env ES_JAVA_HOME="$ENGINE_JAVA_HOME" ES_PATH_CONF="$node/config" \
       "$home/bin/elasticsearch-users" useradd "$name" -p "$password" -r "$role" >/dev/null ||
       die "elasticsearch-users could not add $name"
   done <<<"$ENGINE_USERS"
 }
 
 start_engine() {
-  local home run opts
-  home=$(engine_home "$ENGINE" "$ENGINE_VERSION")
+  local home run opts node comp=$ENGINE_COMP
   find_engine_java
   choose_engine_base
   home=$(engine_home "$ENGINE" "$ENGINE_VERSION")
-  run=$(comp_dir engine)
+  node=$(engine_node_dir "$ENGINE" "$ENGINE_VERSION")
+  run=$(comp_dir "$comp")
   install_engine
   mkdir -p "$run"
-  write_engine_config "$home"
+  write_engine_config "$home" "$node"
   if [ "$ENGINE" = opensearch ]; then apply_pull_ingestion "$home"; fi
-  prepare_engine_user "$home"
-  if [ "$ENGINE_SECURITY" = on ]; then ensure_engine_users "$home"; fi
-  say "starting $ENGINE $ENGINE_VERSION on $(engine_scheme)://$HOST:$ENGINE_PORT (transport $ENGINE_TRANSPORT_PORT, heap $ENGINE_HEAP, Java from $ENGINE_JAVA_HOME)"
-  opts="-Xms$ENGINE_HEAP -Xmx$ENGINE_HEAP $(marker engine)"
-  rm -f "$(pid_file engine)"
+  prepare_engine_user "$home" "$node"
+  if [ "$ENGINE_SECURITY" = on ]; then ensure_engine_users "$home" "$node"; fi
+  say "starting $ENGINE $ENGINE_VERSION$(node_label "$ENGINE_COMP") on $(engine_scheme)://$HOST:$ENGINE_PORT (transport $ENGINE_TRANSPORT_PORT, heap $ENGINE_HEAP, Java from $ENGINE_JAVA_HOME)"
+  opts="-Xms$ENGINE_HEAP -Xmx$ENGINE_HEAP $(marker "$comp")"
+  rm -f "$(pid_file "$comp")"
   mark_log "$(engine_log)"
-  [ -f "$(out_file engine)" ] && mv -f "$(out_file engine)" "$(out_file engine).prev"
+  [ -f "$(out_file "$comp")" ] && mv -f "$(out_file "$comp")" "$(out_file "$comp").prev"
   # -d: the engine daemonizes and writes its own pid file; its launcher runs in the
   # background here so that Kafka and the engine start at the same time.
   (
     cd "$home" || exit 1
     if [ "$ENGINE" = opensearch ]; then
       nohup setsid "$SCRIPT_DIR/lib/run-as.sh" "$ENGINE_OS_USER" env OPENSEARCH_JAVA_HOME="$ENGINE_JAVA_HOME" \
-        OPENSEARCH_JAVA_OPTS="$opts" OPENSEARCH_PATH_CONF="$home/config" \
-        "$home/bin/opensearch" -d -p "$(pid_file engine)" >"$(out_file engine)" 2>&1 </dev/null &
+        OPENSEARCH_JAVA_OPTS="$opts" OPENSEARCH_PATH_CONF="$node/config" \
+        "$home/bin/opensearch" -d -p "$(pid_file "$comp")" >"$(out_file "$comp")" 2>&1 </dev/null &
     else
       nohup setsid "$SCRIPT_DIR/lib/run-as.sh" "$ENGINE_OS_USER" env ES_JAVA_HOME="$ENGINE_JAVA_HOME" \
-        ES_JAVA_OPTS="$opts" ES_PATH_CONF="$home/config" \
-        "$home/bin/elasticsearch" -d -p "$(pid_file engine)" >"$(out_file engine)" 2>&1 </dev/null &
+        ES_JAVA_OPTS="$opts" ES_PATH_CONF="$node/config" \
+        "$home/bin/elasticsearch" -d -p "$(pid_file "$comp")" >"$(out_file "$comp")" 2>&1 </dev/null &
     fi
     echo $! >"$run/launcher.pid"
   )
-  write_running_conf engine "$(engine_conf)"
+  write_running_conf "$comp" "$(engine_conf)"
 }
 
 engine_scheme() { if [ "$ENGINE_SECURITY" = on ]; then echo https; else echo http; fi; }
@@ -227,35 +250,34 @@ engine_pid_at() {
 }
 
 wait_engine() {
-  local deadline=$1 conf port security pid health answering launcher
-  conf=$(running_conf engine)
+  local deadline=$1 comp=$ENGINE_COMP conf port security pid health answering launcher
+  conf=$(running_conf "$comp")
   port=$(conf_value "$conf" port); security=$(conf_value "$conf" security)
-  launcher=$(cat "$(comp_dir engine)/launcher.pid" 2>/dev/null || true)
+  launcher=$(cat "$(comp_dir "$comp")/launcher.pid" 2>/dev/null || true)
   while :; do
-    pid=$(running_pid engine)
+    pid=$(running_pid "$comp")
     # Alive: the launcher still runs, or the JVM it forked (OpenSearch's -d returns
     # before the JVM writes its pid file).
     if [ -z "$pid" ] && ! { [ -n "$launcher" ] && kill -0 "$launcher" 2>/dev/null; } &&
-       [ -z "$(marked_pids engine)" ]; then
-      show_log_tail "$(out_file engine)" "$(engine_log)"
-      die "$ENGINE exited during startup (logs above; more with: $0 logs engine)"
+       [ -z "$(marked_pids "$comp")" ]; then
+      show_log_tail "$(out_file "$comp")" "$(engine_log)"
+      die "$ENGINE$(node_label "$comp") exited during startup (logs above; more with: $0 logs ${comp/-/ })"
     fi
     health=""
     [ -n "$pid" ] && health=$(engine_health "$port" "$security")
-    case "$health" in
-      green|yellow)
-        answering=$(engine_pid_at "$port" "$security")
-        if [ "$answering" = "$pid" ]; then
-          say "$ENGINE $ENGINE_VERSION ready on $(engine_scheme)://$HOST:$port (status $health, pid $pid)"
-          check_pull_ingestion_loaded "$port"
-          return 0
-        elif [ -n "$answering" ]; then
-          die "the engine answering on $HOST:$port is process $answering, not ours ($pid); is another engine running there?"
-        fi ;;
-    esac
+    if [ -n "$health" ] && [[ " $ENGINE_READY_STATUSES " == *" $health "* ]]; then
+      answering=$(engine_pid_at "$port" "$security")
+      if [ "$answering" = "$pid" ]; then
+        say "$ENGINE $ENGINE_VERSION$(node_label "$comp") ready on $(engine_scheme)://$HOST:$port (status $health, pid $pid)"
+        check_pull_ingestion_loaded "$port"
+        return 0
+      elif [ -n "$answering" ]; then
+        die "the engine answering on $HOST:$port is process $answering, not ours ($pid); is another engine running there?"
+      fi
+    fi
     if [ "$(now)" -ge "$deadline" ]; then
-      show_log_tail "$(out_file engine)" "$(engine_log)"
-      die "$ENGINE (pid ${pid:-none yet}) not ready after ${START_TIMEOUT}s (health: ${health:-no answer}); it is left running, '$0 down' stops it"
+      show_log_tail "$(out_file "$comp")" "$(engine_log)"
+      die "$ENGINE$(node_label "$comp") (pid ${pid:-none yet}) not ready after ${START_TIMEOUT}s (health: ${health:-no answer}); it is left running, '$0 down' stops it"
     fi
     sleep 1
   done

@@ -28,21 +28,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-passed=0
-failed=0
-check() { # description, then a command that must succeed
-  local what=$1
-  shift
-  if "$@"; then
-    echo "ok - $what"; passed=$((passed + 1))
-  else
-    echo "FAILED - $what"; failed=$((failed + 1))
-  fi
-}
-contains() { grep -q -- "$2" <<<"$1"; }
-lacks() { ! grep -q -- "$2" <<<"$1"; }
-alive() { kill -0 "$1" 2>/dev/null; }
-dead() { ! kill -0 "$1" 2>/dev/null; }
+# shellcheck source=deploy/local/tests/checks.sh
+. deploy/local/tests/checks.sh
 # Processes that carry this stack's marker (stack.sh tags every JVM it starts).
 ours() { grep -l -- "-Dcitypop.stack=[a-z]*@$CITYPOP_STACK_DIR" /proc/[0-9]*/cmdline 2>/dev/null | wc -l; }
 

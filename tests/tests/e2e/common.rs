@@ -11,17 +11,7 @@ use citypop_tests::{Service, Stack};
 /// How long the indexer may take to catch up with what was produced.
 pub const CATCH_UP: Duration = Duration::from_secs(180);
 
-/// A v2 of the event, adding a field with a default as the contract allows: the
-/// schema a newer producer might write before the indexer knows it. Not published:
-/// the product does not write it.
-pub const SCHEMA_V2: &str = r#"{"type": "record", "name": "CityPopulationUpdated", "namespace": "io.citypop.events",
-  "fields": [
-    {"name": "event_id", "type": "string"},
-    {"name": "city", "type": "string"},
-    {"name": "population", "type": "long"},
-    {"name": "occurred_at", "type": {"type": "long", "logicalType": "timestamp-micros"}},
-    {"name": "country", "type": "string", "default": ""}
-  ]}"#;
+pub use citypop_tests::kafka::SCHEMA_V2;
 
 /// Last (offset, population) per key: what the index must end up holding.
 pub type Expected = HashMap<String, (i64, i64)>;

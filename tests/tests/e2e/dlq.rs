@@ -3,11 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use apache_avro::types::Value as Avro;
 use citypop_schemas::CityKey;
-use citypop_schemas::event::Fingerprint;
 use citypop_tests::engine::{create_narrow_index, documents};
-use citypop_tests::kafka::{Kafka, now_micros};
+use citypop_tests::kafka::{Kafka, encode_v2, now_micros};
 use citypop_tests::{
     Names, Readiness, Stack, indexer_command_builder, run_indexer_command, spawn_indexer,
     spawn_indexer_with,
@@ -17,25 +15,6 @@ use serde_json::Value;
 use crate::common::{CATCH_UP, SCHEMA_V2, wait_for_committed, wait_for_metric};
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn encode_v2(city: &str, population: i64) -> Vec<u8> {
-    let schema = apache_avro::Schema::parse_str(SCHEMA_V2).unwrap();
-    let fingerprint = Fingerprint::of_schema(SCHEMA_V2).unwrap();
-    let record = Avro::Record(vec![
-        (
-            "event_id".into(),
-            Avro::String(uuid::Uuid::now_v7().to_string()),
-        ),
-        ("city".into(), Avro::String(city.into())),
-        ("population".into(), Avro::Long(population)),
-        ("occurred_at".into(), Avro::TimestampMicros(now_micros())),
-        ("country".into(), Avro::String("FR".into())),
-    ]);
-    let mut payload = vec![0xC3, 0x01];
-    payload.extend(fingerprint.to_bytes());
-    payload.extend(apache_avro::to_avro_datum(&schema, record).unwrap());
-    payload
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlq_list_shows_each_dead_letter_with_its_reason_and_origin() {
