@@ -42,6 +42,10 @@ if [[ ! -d $db/.git ]]; then
 fi
 snapshot=$(git -C "$db" log -1 --format=%cs)
 
+# cargo-deny reads `cargo metadata` of every platform, offline: a build downloads only
+# this platform's crates, so a fresh machine lacks the others (wasm-bindgen, windows-*)
+# until they are fetched. crates.io is reachable; the advisory database is not.
+cargo fetch --locked --quiet
 echo "==> cargo deny check (advisories as of $snapshot, licences, bans, sources)"
 CITYPOP_ADVISORY_DB_PATH=$db_path "$deny" --offline --locked check
 echo "supply-chain: no known advisory as of $snapshot (RustSec snapshot $bundle); licences, bans and sources as deny.toml says"
