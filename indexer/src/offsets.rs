@@ -20,6 +20,8 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::RuntimeFlavor;
 
+use crate::retry::Retry;
+
 /// How long one metadata, watermark or committed-offset request waits for Kafka.
 const KAFKA_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -267,19 +269,131 @@ impl OffsetReader {
 
     /// Per partition, the next offset to be written.
     pub async fn end_offsets(&self, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
-        Ok(self
-            .watermarks(topic)
-            .await?
-            .into_iter()
-            .map(|(partition, (_, high))| (partition, high))
-            .collect())
+        Ok(ends(self.watermarks(topic).await?))
     }
+}
+
+fn ends(marks: BTreeMap<i32, (i64, i64)>) -> BTreeMap<i32, i64> {
+    marks
+        .into_iter()
+        .map(|(partition, (_, high))| (partition, high))
+        .collect()
+}
+
+/// Where a command reads a topic's watermarks: Kafka's, through [`OffsetReader`].
+pub trait WatermarkSource {
+    fn read_watermarks(
+        &self,
+        topic: &str,
+    ) -> impl Future<Output = anyhow::Result<BTreeMap<i32, (i64, i64)>>> + Send;
+}
+
+impl WatermarkSource for OffsetReader {
+    async fn read_watermarks(&self, topic: &str) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
+        self.watermarks(topic).await
+    }
+}
+
+/// A topic's watermarks for a command that runs for minutes (replay, redrive): while
+/// a broker is down, the partitions it led answer nothing until another replica
+/// leads them, so a failed read is retried under `retry`, as the bulk writes of the
+/// same command are, rather than ending a replay half done.
+pub async fn watermarks_retried(
+    source: &impl WatermarkSource,
+    topic: &str,
+    retry: &Retry,
+) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
+    let read = || async {
+        // The whole chain, so the log and a final error name the cause.
+        source
+            .read_watermarks(topic)
+            .await
+            .map_err(|error| format!("{error:#}"))
+    };
+    Ok(retry
+        .run(&format!("reading the offsets of {topic}"), read, |_, _| {})
+        .await?)
+}
+
+/// Per partition, the next offset to be written, read as [`watermarks_retried`] does.
+pub async fn end_offsets_retried(
+    source: &impl WatermarkSource,
+    topic: &str,
+    retry: &Retry,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
+    Ok(ends(watermarks_retried(source, topic, retry).await?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testing::MessageBuilder;
+
+    /// Fails its first `failures` reads as Kafka does while a partition has no
+    /// leader, then answers.
+    struct LeaderlessFor {
+        failures: usize,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl WatermarkSource for LeaderlessFor {
+        async fn read_watermarks(&self, topic: &str) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
+            let read = self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if read < self.failures {
+                return Err(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::LeaderNotAvailable,
+                ))
+                .with_context(|| format!("fetching watermarks of {topic}/0"));
+            }
+            Ok(BTreeMap::from([(0, (0, 42)), (1, (3, 7))]))
+        }
+    }
+
+    fn quick_retry(max_attempts: usize) -> (tokio::sync::watch::Sender<bool>, Retry) {
+        let (abort, aborted) = tokio::sync::watch::channel(false);
+        let policy = crate::retry::RetryPolicy {
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+            max_attempts,
+        };
+        (abort, Retry::new(policy, aborted))
+    }
+
+    #[tokio::test]
+    async fn end_offsets_are_read_through_a_broker_restart() {
+        let source = LeaderlessFor {
+            failures: 3,
+            reads: Default::default(),
+        };
+        let (_abort, retry) = quick_retry(0);
+        let ends = end_offsets_retried(&source, "cities", &retry)
+            .await
+            .expect("the read waits for a new leader");
+        assert_eq!(ends, BTreeMap::from([(0, 42), (1, 7)]));
+        assert_eq!(source.reads.load(std::sync::atomic::Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_never_succeeds_ends_with_its_cause_once_retries_are_used_up() {
+        let source = LeaderlessFor {
+            failures: usize::MAX,
+            reads: Default::default(),
+        };
+        let (_abort, retry) = quick_retry(2);
+        let error = watermarks_retried(&source, "cities", &retry)
+            .await
+            .expect_err("never answered");
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("fetching watermarks of cities/0"),
+            "{message}"
+        );
+        assert!(
+            message.contains("LeaderNotAvailable") || message.contains("Leader not available"),
+            "{message}"
+        );
+        assert_eq!(source.reads.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
 
     #[test]
     fn a_batch_stores_one_past_the_highest_offset_per_partition() {

@@ -21,10 +21,12 @@ use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::config::{Config, DlqListArgs, DlqRedriveArgs};
 use crate::dead_letter::{self, DeadLetterReason};
 use crate::offsets::{self, OffsetReader};
+use crate::retry::Retry;
 
 pub use crate::dead_letter::HEADER_REDRIVEN_FROM;
 
@@ -96,7 +98,12 @@ async fn read_to_end(
     start: impl Fn(i32) -> Option<i64>,
     mut each: impl FnMut(&BorrowedMessage<'_>),
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let marks = OffsetReader::new(&config.kafka)?.watermarks(topic).await?;
+    let marks = offsets::watermarks_retried(
+        &OffsetReader::new(&config.kafka)?,
+        topic,
+        &offset_reads(config),
+    )
+    .await?;
     let ends: BTreeMap<i32, i64> = marks.iter().map(|(&p, &(_, high))| (p, high)).collect();
     // Per partition, the next offset still to read.
     let mut next: BTreeMap<i32, i64> = marks
@@ -334,7 +341,8 @@ pub async fn redrive(config: &Config, args: &DlqRedriveArgs) -> anyhow::Result<(
     for reason in reasons {
         let group = redrive_group(config, reason);
         let consumer = reader(config, &group)?;
-        let marks = offsets_reader.watermarks(&dlq_topic).await?;
+        let marks =
+            offsets::watermarks_retried(&offsets_reader, &dlq_topic, &offset_reads(config)).await?;
         let ends: BTreeMap<i32, i64> = marks.iter().map(|(&p, &(_, high))| (p, high)).collect();
         let committed = &positions[reason.as_str()];
         let mut next: BTreeMap<i32, i64> = marks
@@ -455,7 +463,7 @@ async fn wait_for_live_indexer(
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let topic = &config.kafka.topic;
-    let marks = offsets_reader.watermarks(topic).await?;
+    let marks = offsets::watermarks_retried(offsets_reader, topic, &offset_reads(config)).await?;
     let live = reader(config, &config.consumer_group)?;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -530,12 +538,25 @@ async fn indexed(
     Ok(newest)
 }
 
+/// Offset reads of a command, retried through a broker restart under the retry
+/// settings (see [`offsets::watermarks_retried`]); Ctrl-C ends the command as usual.
+fn offset_reads(config: &Config) -> Retry {
+    // No abort signal: the command has no shutdown handler to set one.
+    let (_, never) = watch::channel(false);
+    Retry::new(config.retry, never)
+}
+
 async fn committed_offsets(
     config: &Config,
     consumer: &Arc<StreamConsumer>,
     topic: &str,
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let marks = OffsetReader::new(&config.kafka)?.watermarks(topic).await?;
+    let marks = offsets::watermarks_retried(
+        &OffsetReader::new(&config.kafka)?,
+        topic,
+        &offset_reads(config),
+    )
+    .await?;
     offsets::committed_positions(consumer.clone(), topic, marks.into_keys()).await
 }
 

@@ -113,8 +113,20 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         );
     }
     let previous = indexes_behind(&client, &alias).await?;
+    let (abort, aborted) = watch::channel(false);
+    tokio::spawn(async move {
+        citypop_runtime::shutdown_signal().await;
+        tracing::warn!(
+            "stopping the replay; the old index is left writable and the serving index \
+             keeps its replicas, which may take retries while the engine is unreachable"
+        );
+        let _ = abort.send(true);
+    });
     let offsets = OffsetReader::new(&config.kafka)?;
-    let start_marks = offsets.watermarks(&topic).await?;
+    // Offsets are read again at every step; a broker restart in between is waited
+    // out like an engine outage, not turned into a failed replay.
+    let reads = Retry::new(config.retry, aborted.clone());
+    let start_marks = offsets::watermarks_retried(&offsets, &topic, &reads).await?;
     let index = format!("{alias}-{}", chrono::Utc::now().format("%Y%m%dt%H%M%S%3f"));
     let total: i64 = start_marks.values().map(|(low, high)| high - low).sum();
 
@@ -148,16 +160,6 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let (abort, aborted) = watch::channel(false);
-    tokio::spawn(async move {
-        citypop_runtime::shutdown_signal().await;
-        tracing::warn!(
-            "stopping the replay; the old index is left writable and the serving index \
-             keeps its replicas, which may take retries while the engine is unreachable"
-        );
-        let _ = abort.send(true);
-    });
-
     let binding = TopicBinding {
         partitions: Some(start_marks.len() as i32),
         topic_id: offsets.topic_id(&topic).await?,
@@ -173,6 +175,7 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     let mut replay = Replay {
         consumer: consumer.clone(),
         offsets: offsets.clone(),
+        reads: reads.clone(),
         writer: BatchWriter::new(
             Arc::new(crate::codec(config.schema_dir.as_deref())?),
             BulkWriter::new(client.clone(), index.clone()),
@@ -209,7 +212,7 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
             "caught up, blocking writes to the old index"
         );
         set_write_block(&client, &previous, true).await?;
-        let frozen = offsets.end_offsets(&topic).await?;
+        let frozen = offsets::end_offsets_retried(&offsets, &topic, &reads).await?;
         replay.read_until(&frozen).await?;
         tracing::debug!(
             events = replay.events,
@@ -252,7 +255,7 @@ pub async fn run(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
 
     // From here the new index serves: whatever happens, it gets its replicas back.
     let read_on = async {
-        let second_ends = offsets.end_offsets(&topic).await?;
+        let second_ends = offsets::end_offsets_retried(&offsets, &topic, &reads).await?;
         let more: i64 = second_ends
             .iter()
             .map(|(p, end)| (end - first_ends.get(p).copied().unwrap_or(0)).max(0))
@@ -397,6 +400,7 @@ fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {
 struct Replay {
     consumer: Arc<StreamConsumer>,
     offsets: OffsetReader,
+    reads: Retry,
     writer: BatchWriter<BulkWriter, NotIndexed>,
     limits: BatchLimits,
     progress: Progress,
@@ -410,7 +414,7 @@ impl Replay {
     /// Reads to fresh end offsets until the gap to the live end is small.
     async fn catch_up(&mut self, topic: &str) -> anyhow::Result<()> {
         for _ in 0..CATCH_UP_ROUNDS {
-            let ends = self.offsets.end_offsets(topic).await?;
+            let ends = offsets::end_offsets_retried(&self.offsets, topic, &self.reads).await?;
             let left: i64 = ends
                 .iter()
                 .map(|(p, end)| (end - self.next.get(p).copied().unwrap_or(0)).max(0))
