@@ -4,9 +4,11 @@
 use std::sync::Arc;
 
 use citypop_schemas::event::Codec;
+use futures::{FutureExt as _, Stream, StreamExt as _};
 use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::consumer::{ConsumerContext, StreamConsumer};
-use rdkafka::message::OwnedMessage;
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::batch::{Batch, BatchLimits};
@@ -88,13 +90,17 @@ impl<C: ConsumerContext + 'static> Fetcher<'_, C> {
         for message in overflow.drain(..) {
             batch.push(self.codec, message);
         }
+        let mut messages = self.consumer.stream();
         while batch.is_empty() {
             if *stop.borrow() {
                 return None;
             }
             tokio::select! {
-                received = self.consumer.recv() => match received {
-                    Ok(message) => self.add(&mut batch, overflow, message.detach()),
+                Some(received) = messages.next() => match received {
+                    Ok(message) => {
+                        self.add(&mut batch, overflow, message.detach());
+                        self.add_ready(&mut messages, &mut batch, overflow);
+                    }
                     Err(error) => tracing::warn!(%error, "kafka consume error"),
                 },
                 _ = stop.changed() => return None,
@@ -102,13 +108,17 @@ impl<C: ConsumerContext + 'static> Fetcher<'_, C> {
         }
         let deadline = tokio::time::Instant::now() + self.limits.linger;
         while !batch.is_full(&self.limits) {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(message)) => self.add(&mut batch, overflow, message.detach()),
-                Ok(Err(error)) => {
+            match tokio::time::timeout_at(deadline, messages.next()).await {
+                Ok(Some(Ok(message))) => {
+                    self.add(&mut batch, overflow, message.detach());
+                    self.add_ready(&mut messages, &mut batch, overflow);
+                }
+                Ok(Some(Err(error))) => {
                     tracing::warn!(%error, "kafka consume error");
                     break;
                 }
-                Err(_linger_elapsed) => break,
+                // A consumer's stream never ends.
+                Ok(None) | Err(_) => break,
             }
         }
         Some(batch)
@@ -130,6 +140,7 @@ impl<C: ConsumerContext + 'static> Fetcher<'_, C> {
     ) -> bool {
         let mut flow = flow.clone();
         let mut asked = false;
+        let mut messages = self.consumer.stream();
         loop {
             let now = *flow.borrow_and_update();
             if asked && now != Flow::Held {
@@ -144,12 +155,37 @@ impl<C: ConsumerContext + 'static> Fetcher<'_, C> {
                     }
                     Err(_closed) => return false,
                 },
-                received = self.consumer.recv(), if room || now != Flow::Flowing => match received {
-                    Ok(message) => self.add(batch, overflow, message.detach()),
+                Some(received) = messages.next(), if room || now != Flow::Flowing => match received {
+                    Ok(message) => {
+                        self.add(batch, overflow, message.detach());
+                        self.add_ready(&mut messages, batch, overflow);
+                    }
                     Err(error) => tracing::debug!(%error, "kafka consume error while waiting for the writer"),
                 },
                 Ok(()) = flow.changed() => {}
                 _ = stop.changed() => return false,
+            }
+        }
+    }
+
+    /// Adds the messages the consumer already holds to the batch, up to its limits,
+    /// without waiting. Taking them one `select!` at a time made and dropped a
+    /// timer or a semaphore waiter, two watch waiters and a waker slot per message,
+    /// more work than the message itself. A consume error ends the draining.
+    fn add_ready<'c>(
+        &self,
+        messages: &mut (impl Stream<Item = KafkaResult<BorrowedMessage<'c>>> + Unpin),
+        batch: &mut Batch,
+        overflow: &mut Vec<OwnedMessage>,
+    ) {
+        while !batch.is_full(&self.limits) {
+            match messages.next().now_or_never() {
+                Some(Some(Ok(message))) => self.add(batch, overflow, message.detach()),
+                Some(Some(Err(error))) => {
+                    tracing::debug!(%error, "kafka consume error");
+                    return;
+                }
+                Some(None) | None => return,
             }
         }
     }
