@@ -269,14 +269,15 @@ impl OffsetReader {
 
     /// Per partition, the next offset to be written.
     pub async fn end_offsets(&self, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
-        Ok(ends(self.watermarks(topic).await?))
+        Ok(ends(&self.watermarks(topic).await?))
     }
 }
 
-fn ends(marks: BTreeMap<i32, (i64, i64)>) -> BTreeMap<i32, i64> {
+/// Per partition, the end offset (the high watermark) of `marks`.
+pub fn ends(marks: &BTreeMap<i32, (i64, i64)>) -> BTreeMap<i32, i64> {
     marks
-        .into_iter()
-        .map(|(partition, (_, high))| (partition, high))
+        .iter()
+        .map(|(&partition, &(_, high))| (partition, high))
         .collect()
 }
 
@@ -321,7 +322,7 @@ pub async fn end_offsets_retried(
     topic: &str,
     retry: &Retry,
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
-    Ok(ends(watermarks_retried(source, topic, retry).await?))
+    Ok(ends(&watermarks_retried(source, topic, retry).await?))
 }
 
 #[cfg(test)]

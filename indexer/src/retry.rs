@@ -68,6 +68,14 @@ impl Retry {
         Self { policy, abort }
     }
 
+    /// Retries that no signal ends, for work with no shutdown handler of its own (a
+    /// `dlq` command: Ctrl-C ends the process) or work that must not be left undone.
+    pub fn without_abort(policy: RetryPolicy) -> Self {
+        // The sender is dropped at once: an abort signal that can never be set.
+        let (_, never) = watch::channel(false);
+        Self::new(policy, never)
+    }
+
     /// Runs `attempt` until it succeeds. Before each retry `failed` hears the error
     /// and the delay. Ends with [`Interrupted::RetriesExhausted`] once the policy's
     /// attempts are used up, and with [`Interrupted::Aborted`] as soon as the abort

@@ -11,6 +11,7 @@
 //! holds an older version of the key from the same partition ([`Redriver`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,10 +19,10 @@ use anyhow::Context;
 use elasticsearch::GetParts;
 use rdkafka::Message;
 use rdkafka::consumer::StreamConsumer;
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
-use tokio::sync::watch;
 
 use crate::config::{Config, DlqListArgs, DlqRedriveArgs};
 use crate::dead_letter::{self, DeadLetterReason};
@@ -88,6 +89,39 @@ fn reader(config: &Config, group: &str) -> anyhow::Result<Arc<StreamConsumer>> {
     Ok(Arc::new(consumer))
 }
 
+/// The next message from `recv`, riding out consume errors: librdkafka reports a
+/// broker it cannot reach (one restarting, say) as an error on the consumer's queue
+/// while it reconnects, and the messages follow once the broker is back. The live
+/// indexer logs such errors and goes on; so do the commands. Fails only when no
+/// message has come within `wait`, naming the last error if there was one.
+async fn next_message<M, Fut>(
+    mut recv: impl FnMut() -> Fut,
+    topic: &str,
+    wait: Duration,
+) -> anyhow::Result<M>
+where
+    Fut: Future<Output = KafkaResult<M>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut last_error = None;
+    loop {
+        match tokio::time::timeout_at(deadline, recv()).await {
+            Ok(Ok(message)) => return Ok(message),
+            Ok(Err(error)) => {
+                tracing::warn!(topic, %error, "kafka consume error, still waiting for the next message");
+                last_error = Some(error);
+            }
+            Err(_) => {
+                let gave_up = format!("no message from {topic} within {wait:?} before its end");
+                return Err(match last_error {
+                    Some(error) => anyhow::Error::new(error).context(gave_up),
+                    None => anyhow::anyhow!(gave_up),
+                });
+            }
+        }
+    }
+}
+
 /// Reads every partition from `start` (a partition's committed offset; `None` reads
 /// from its beginning) up to the end offsets taken now, handing each message to
 /// `each`. Returns the end offsets it read to.
@@ -104,7 +138,7 @@ async fn read_to_end(
         &offset_reads(config),
     )
     .await?;
-    let ends: BTreeMap<i32, i64> = marks.iter().map(|(&p, &(_, high))| (p, high)).collect();
+    let ends = offsets::ends(&marks);
     // Per partition, the next offset still to read.
     let mut next: BTreeMap<i32, i64> = marks
         .iter()
@@ -112,11 +146,7 @@ async fn read_to_end(
         .collect();
     offsets::assign(consumer.as_ref(), topic, &next)?;
     while next.iter().any(|(p, n)| *n < ends[p]) {
-        let message = tokio::time::timeout(READ_TIMEOUT, consumer.recv())
-            .await
-            .with_context(|| {
-                format!("no message from {topic} within {READ_TIMEOUT:?} before its end")
-            })??;
+        let message = next_message(|| consumer.recv(), topic, READ_TIMEOUT).await?;
         let partition = message.partition();
         if message.offset() < ends.get(&partition).copied().unwrap_or(0) {
             each(&message);
@@ -343,7 +373,7 @@ pub async fn redrive(config: &Config, args: &DlqRedriveArgs) -> anyhow::Result<(
         let consumer = reader(config, &group)?;
         let marks =
             offsets::watermarks_retried(&offsets_reader, &dlq_topic, &offset_reads(config)).await?;
-        let ends: BTreeMap<i32, i64> = marks.iter().map(|(&p, &(_, high))| (p, high)).collect();
+        let ends = offsets::ends(&marks);
         let committed = &positions[reason.as_str()];
         let mut next: BTreeMap<i32, i64> = marks
             .iter()
@@ -352,11 +382,8 @@ pub async fn redrive(config: &Config, args: &DlqRedriveArgs) -> anyhow::Result<(
         offsets::assign(consumer.as_ref(), &dlq_topic, &next)?;
         let mut since_commit = 0;
         while next.iter().any(|(p, n)| *n < ends[p]) {
-            let message = tokio::time::timeout(READ_TIMEOUT, consumer.recv())
-                .await
-                .with_context(|| {
-                    format!("no message from {dlq_topic} within {READ_TIMEOUT:?} before its end")
-                })??
+            let message = next_message(|| consumer.recv(), &dlq_topic, READ_TIMEOUT)
+                .await?
                 .detach();
             let partition = message.partition();
             if message.offset() >= ends.get(&partition).copied().unwrap_or(0) {
@@ -541,9 +568,7 @@ async fn indexed(
 /// Offset reads of a command, retried through a broker restart under the retry
 /// settings (see [`offsets::watermarks_retried`]); Ctrl-C ends the command as usual.
 fn offset_reads(config: &Config) -> Retry {
-    // No abort signal: the command has no shutdown handler to set one.
-    let (_, never) = watch::channel(false);
-    Retry::new(config.retry, never)
+    Retry::without_abort(config.retry)
 }
 
 async fn committed_offsets(
@@ -606,6 +631,65 @@ mod tests {
 
     fn indexed(partition: i32, version: i64) -> Option<Indexed> {
         Some(Indexed { version, partition })
+    }
+
+    /// A fake consumer queue: answers in order, each after `gap` (librdkafka
+    /// reports a broker it cannot reach once per reconnect attempt), then nothing.
+    fn queue(
+        gap: Duration,
+        answers: Vec<KafkaResult<i64>>,
+    ) -> impl FnMut() -> std::pin::Pin<Box<dyn Future<Output = KafkaResult<i64>>>> {
+        let mut answers = answers.into_iter();
+        move || {
+            let answer = answers.next();
+            Box::pin(async move {
+                tokio::time::sleep(gap).await;
+                match answer {
+                    Some(answer) => answer,
+                    None => std::future::pending().await,
+                }
+            })
+        }
+    }
+
+    fn broker_down() -> KafkaResult<i64> {
+        Err(rdkafka::error::KafkaError::MessageConsumption(
+            rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure,
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reading_rides_out_a_broker_restart() {
+        // The broker is away for 5 s; the message that follows is read.
+        let answers = vec![broker_down(), broker_down(), broker_down(), Ok(7)];
+        let message = next_message(queue(Duration::from_secs(1), answers), "t", READ_TIMEOUT)
+            .await
+            .expect("a consume error is not the end of the topic");
+        assert_eq!(message, 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reading_gives_up_when_nothing_comes_in_time_and_names_the_last_error() {
+        let answers = (0..100).map(|_| broker_down()).collect();
+        let started = tokio::time::Instant::now();
+        let error = next_message(queue(Duration::from_secs(1), answers), "t", READ_TIMEOUT)
+            .await
+            .expect_err("no message ever comes");
+        assert_eq!(started.elapsed(), READ_TIMEOUT);
+        let text = format!("{error:#}");
+        assert!(text.contains("no message from t within 30s"), "{text}");
+        assert!(text.contains("BrokerTransportFailure"), "{text}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reading_gives_up_when_the_queue_is_silent() {
+        let error = next_message(queue(Duration::from_secs(1), vec![]), "t", READ_TIMEOUT)
+            .await
+            .expect_err("no message ever comes");
+        assert_eq!(
+            format!("{error:#}"),
+            "no message from t within 30s before its end"
+        );
     }
 
     #[test]

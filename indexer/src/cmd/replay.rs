@@ -316,9 +316,7 @@ async fn until_done<T, Fut>(policy: RetryPolicy, what: &str, mut attempt: impl F
 where
     Fut: Future<Output = anyhow::Result<T>>,
 {
-    // The sender is dropped at once: an abort signal that can never be set.
-    let (_, never) = watch::channel(false);
-    let retry = Retry::new(policy, never);
+    let retry = Retry::without_abort(policy);
     loop {
         // Without an abort signal and with no attempt limit only success ends the
         // retries; the loop is there for the type's sake.
