@@ -399,7 +399,7 @@ pub async fn redrive(config: &Config, args: &DlqRedriveArgs) -> anyhow::Result<(
                 // Everything before this dead letter is acknowledged or decided.
                 let mut done = next.clone();
                 done.insert(partition, message.offset());
-                commit(&consumer, &dlq_topic, &done, &group).await?;
+                commit(config, &consumer, &dlq_topic, &done, &group).await?;
             }
             if header_text(&message, dead_letter::HEADER_REASON).as_deref() != Some(reason.as_str())
             {
@@ -411,7 +411,7 @@ pub async fn redrive(config: &Config, args: &DlqRedriveArgs) -> anyhow::Result<(
                 // delete the city. Its event is read from the main topic instead.
                 _ if stub => Decision::Skip("a stub, without its payload"),
                 (Some(key), Some(origin)) => {
-                    let indexed = indexed(&client, &config.engine.index_alias, key).await?;
+                    let indexed = indexed_retried(config, &client, key).await?;
                     redriver.decide(key, origin, indexed)
                 }
                 (_, None) => Decision::Skip("no origin on this topic"),
@@ -439,7 +439,7 @@ pub async fn redrive(config: &Config, args: &DlqRedriveArgs) -> anyhow::Result<(
             }
         }
         if !args.dry_run {
-            commit(&consumer, &dlq_topic, &next, &group).await?;
+            commit(config, &consumer, &dlq_topic, &next, &group).await?;
         }
     }
     if args.json {
@@ -470,14 +470,20 @@ fn redrive_group(config: &Config, reason: DeadLetterReason) -> String {
 }
 
 async fn commit(
+    config: &Config,
     consumer: &Arc<StreamConsumer>,
     topic: &str,
     positions: &BTreeMap<i32, i64>,
     group: &str,
 ) -> anyhow::Result<()> {
-    offsets::commit_positions(consumer.clone(), topic, positions)
-        .await
-        .with_context(|| format!("committing the redrive position of {group}"))
+    // Committing the same positions twice is harmless, so a failed commit (the
+    // group's coordinator moving to another broker) is simply made again.
+    retried(
+        config,
+        &format!("committing the redrive position of {group}"),
+        || offsets::commit_positions(consumer.clone(), topic, positions),
+    )
+    .await
 }
 
 /// Waits until the live indexer's group has committed up to the main topic's end
@@ -494,8 +500,12 @@ async fn wait_for_live_indexer(
     let live = reader(config, &config.consumer_group)?;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let committed =
-            offsets::committed_positions(live.clone(), topic, marks.keys().copied()).await?;
+        let committed = retried(
+            config,
+            "reading the live indexer's committed offsets",
+            || offsets::committed_positions(live.clone(), topic, marks.keys().copied()),
+        )
+        .await?;
         let behind: Vec<String> = marks
             .iter()
             .filter(|(p, (low, high))| {
@@ -571,6 +581,59 @@ fn offset_reads(config: &Config) -> Retry {
     Retry::without_abort(config.retry)
 }
 
+/// A Kafka call of a command, retried as the offset reads are: while a broker
+/// restarts, the group coordinator and partition leaders it held move to another
+/// broker, and a call made meanwhile fails once and then works.
+async fn retried<T, Fut>(
+    config: &Config,
+    what: &str,
+    mut call: impl FnMut() -> Fut,
+) -> anyhow::Result<T>
+where
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let attempt = || {
+        let call = call();
+        // The whole chain, so the log and a final error name the cause.
+        async move { call.await.map_err(|error| format!("{error:#}")) }
+    };
+    Ok(offset_reads(config).run(what, attempt, |_, _| {}).await?)
+}
+
+/// [`indexed`], read again while the engine does not answer or answers that it
+/// cannot serve now (429, 5xx): a node restarting or a cut path is waited out under
+/// the retry settings, as the live indexer waits it out. Any other answer (a refused
+/// credential, a bad request) would come again and ends the command at once.
+async fn indexed_retried(
+    config: &Config,
+    client: &elasticsearch::Elasticsearch,
+    key: &[u8],
+) -> anyhow::Result<Option<Indexed>> {
+    let read = || async {
+        match indexed(client, &config.engine.index_alias, key).await {
+            Ok(found) => Ok(Ok(found)),
+            Err(error) if engine_unavailable(&error) => Err(format!("{error:#}")),
+            Err(error) => Ok(Err(error)),
+        }
+    };
+    let what = format!("reading {} from the index", String::from_utf8_lossy(key));
+    offset_reads(config).run(&what, read, |_, _| {}).await?
+}
+
+/// Whether an engine call failed for want of an engine that answers: no answer at
+/// all (refused, cut, timed out), too many requests, or a server error.
+fn engine_unavailable(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<elasticsearch::Error>())
+        .is_some_and(|error| {
+            error.status_code().is_none_or(|status| {
+                status.is_server_error()
+                    || status == elasticsearch::http::StatusCode::TOO_MANY_REQUESTS
+            })
+        })
+}
+
 async fn committed_offsets(
     config: &Config,
     consumer: &Arc<StreamConsumer>,
@@ -582,7 +645,12 @@ async fn committed_offsets(
         &offset_reads(config),
     )
     .await?;
-    offsets::committed_positions(consumer.clone(), topic, marks.into_keys()).await
+    retried(
+        config,
+        &format!("reading the committed offsets of {topic}"),
+        || offsets::committed_positions(consumer.clone(), topic, marks.keys().copied()),
+    )
+    .await
 }
 
 /// The original key, value and headers go back to the main topic; the dead-letter

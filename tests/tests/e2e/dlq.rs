@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use citypop_schemas::CityKey;
 use citypop_tests::engine::{create_narrow_index, documents};
+use citypop_tests::fault_proxy::{FaultProxy, OnRequest};
 use citypop_tests::kafka::{Kafka, encode_v2, now_micros};
 use citypop_tests::{
     Names, Readiness, Stack, indexer_command_builder, run_indexer_command, spawn_indexer,
@@ -123,40 +124,8 @@ async fn redrive_after_a_schema_fix_indexes_the_dead_letters_exactly_once() {
     let stack = Stack::from_env();
     let names = Names::unique("redrive");
     let kafka = Kafka::connect(&stack.kafka);
-    let indexer = spawn_indexer(&stack, &names).await;
-    for i in 0..FUTURE {
-        let city = format!("Future City {i}");
-        let key = CityKey::parse(&city).unwrap().as_str().to_owned();
-        kafka
-            .produce(
-                &names.topic,
-                &key,
-                Some(&encode_v2(&city, 1000 + i)),
-                &[("origin", "v2-producer")],
-            )
-            .await;
-    }
-    wait_for_metric(
-        &indexer,
-        "citypop_indexer_dead_letters_total{reason=\"schema\"}",
-        FUTURE as f64,
-    )
-    .await;
-    // Committed, so the fixed indexer does not read them again and index them itself.
-    wait_for_committed(&kafka, &names.group, &names.topic).await;
-    drop(indexer);
-
-    // The fix: the indexer learns the new schema.
-    let schema_dir =
-        std::env::temp_dir().join(format!("citypop-schemas-{}", uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&schema_dir).unwrap();
-    std::fs::write(
-        schema_dir.join("city_population_updated.v2.avsc"),
-        SCHEMA_V2,
-    )
-    .unwrap();
-    let fixed = [("CITYPOP_SCHEMA_DIR", schema_dir.display().to_string())];
-    let _indexer = spawn_indexer_with(&stack, &names, &fixed, Readiness::Ready).await;
+    dead_letter_by_schema(&stack, &names, &kafka, FUTURE).await;
+    let _indexer = spawn_indexer_with(&stack, &names, &schema_fix(), Readiness::Ready).await;
 
     let dry = run_indexer_command(
         &stack,
@@ -328,6 +297,83 @@ async fn redrive_never_writes_old_over_new_skips_duplicates_and_keeps_key_order(
 }
 
 /// Writes the v2 schema where an indexer can read it: the fix for `schema` dead letters.
+/// Writes `count` events in a schema the indexer does not know yet (`Future City
+/// <i>`, population 1000 + i) and waits until an indexer has dead-lettered them and
+/// committed past them, so the fixed indexer does not read them again itself.
+async fn dead_letter_by_schema(stack: &Stack, names: &Names, kafka: &Kafka, count: i64) {
+    let indexer = spawn_indexer(stack, names).await;
+    for i in 0..count {
+        let city = format!("Future City {i}");
+        let key = CityKey::parse(&city).unwrap().as_str().to_owned();
+        kafka
+            .produce(
+                &names.topic,
+                &key,
+                Some(&encode_v2(&city, 1000 + i)),
+                &[("origin", "v2-producer")],
+            )
+            .await;
+    }
+    wait_for_metric(
+        &indexer,
+        "citypop_indexer_dead_letters_total{reason=\"schema\"}",
+        count as f64,
+    )
+    .await;
+    wait_for_committed(kafka, &names.group, &names.topic).await;
+}
+
+/// The engine stops answering in the middle of a redrive (a node restarting, the
+/// path to it cut): redrive waits it out, as the live indexer does, instead of
+/// ending half done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_waits_out_an_engine_outage() {
+    const LETTERS: i64 = 5;
+    let stack = Stack::from_env();
+    let names = Names::unique("redriveoutage");
+    let kafka = Kafka::connect(&stack.kafka);
+    dead_letter_by_schema(&stack, &names, &kafka, LETTERS).await;
+    let _indexer = spawn_indexer_with(&stack, &names, &schema_fix(), Readiness::Ready).await;
+
+    let proxy = FaultProxy::start(stack.engine_host()).await;
+    // Cut at redrive's first read of a dead letter's key from the index.
+    let cut = proxy.watch("/_doc/", OnRequest::CutBefore);
+    let redrive = indexer_command_builder(
+        &stack,
+        &names,
+        &["dlq", "redrive"],
+        &[
+            ("CITYPOP_ELASTICSEARCH_URL", proxy.url()),
+            ("CITYPOP_RETRY_MAX_DELAY", "1s".into()),
+        ],
+    )
+    .spawn()
+    .expect("starting the redrive");
+    tokio::time::timeout(COMMAND_TIMEOUT, cut.notified())
+        .await
+        .expect("redrive never read a key from the index");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.restore();
+    let output = tokio::time::timeout(COMMAND_TIMEOUT, redrive.wait_with_output())
+        .await
+        .expect("redrive did not finish after the engine came back")
+        .expect("the redrive's output");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(
+        output.status.success(),
+        "redrive failed with {}:\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains(&format!("redriven {LETTERS} ")), "{stdout}");
+    assert!(
+        stderr.contains("retrying"),
+        "the outage was waited out, with a warning: {stderr}"
+    );
+}
+
 fn schema_fix() -> [(&'static str, String); 1] {
     let schema_dir =
         std::env::temp_dir().join(format!("citypop-schemas-{}", uuid::Uuid::now_v7().simple()));
