@@ -70,18 +70,15 @@ fn try_decode(codec: &Codec, message: &OwnedMessage) -> Result<Write, (DeadLette
             decode_error(error.to_string())
         }
     })?;
-    let city_key = match CityKey::parse(&event.city) {
-        Ok(city_key) if city_key.as_str() == key => city_key,
-        _ => {
-            return Err(decode_error(format!(
-                "city {:?} does not match key {key:?}",
-                event.city
-            )));
-        }
-    };
+    if !CityKey::matches(&event.city, key) {
+        return Err(decode_error(format!(
+            "city {:?} does not match key {key:?}",
+            event.city
+        )));
+    }
     Ok(Write {
         occurred_at_micros: event.occurred_at,
-        document: CityDocument::from_event(city_key.into_string(), event, partition, offset),
+        document: CityDocument::from_event(key.to_owned(), event, partition, offset),
     })
 }
 
@@ -160,6 +157,29 @@ mod tests {
         assert!(write.document.deleted);
         assert_eq!(write.document.event_id.as_deref(), Some("e1"));
         assert_eq!(write.occurred_at_micros, 123);
+    }
+
+    #[test]
+    fn an_events_city_is_checked_against_its_key_as_parsing_it_would_be() {
+        let codec = Codec::new();
+        let decoded = |city: &str, key: &str| {
+            let payload = codec.encode(&event(city)).unwrap();
+            match decode(&codec, &message(key.as_bytes(), Some(payload)).build()) {
+                Decoded::Write(write) => Some(write.key().to_owned()),
+                Decoded::Poison(_) => None,
+            }
+        };
+        assert_eq!(
+            decoded("  New   YORK ", "new york").as_deref(),
+            Some("new york")
+        );
+        assert_eq!(
+            decoded("Sa\u{303}o Paulo", "s\u{e3}o paulo").as_deref(),
+            Some("s\u{e3}o paulo")
+        );
+        assert_eq!(decoded("New York", "new  york"), None);
+        assert_eq!(decoded("Par\tis", "par\tis"), None, "a control character");
+        assert_eq!(decoded("   ", ""), None);
     }
 
     #[test]

@@ -129,6 +129,39 @@ impl CityKey {
         }
     }
 
+    /// Whether `key` is the key of the raw name `raw`: the same answer as comparing
+    /// [`CityKey::parse`] of `raw` with `key`, without allocating when `raw` is
+    /// ASCII. The indexer checks every event's city against its message key, and
+    /// parsing allocated three strings per event for a key it already had.
+    pub fn matches(raw: &str, key: &str) -> bool {
+        if !raw.is_ascii() {
+            return Self::parse(raw).is_ok_and(|parsed| parsed.0 == key);
+        }
+        // ASCII is already NFC, lower-cases byte by byte, and with control
+        // characters refused its only whitespace is the space; a byte is a character,
+        // so the name's limit is its length, and its key (no longer) fits the key's.
+        if raw.bytes().any(|b| b.is_ascii_control()) {
+            return false;
+        }
+        let name = raw.trim_matches(' ');
+        if name.is_empty() || name.len() > MAX_NAME_CHARS {
+            return false;
+        }
+        let mut expected = key.bytes();
+        for (i, word) in name.split(' ').filter(|w| !w.is_empty()).enumerate() {
+            if i > 0 && expected.next() != Some(b' ') {
+                return false;
+            }
+            if !word
+                .bytes()
+                .all(|b| expected.next() == Some(b.to_ascii_lowercase()))
+            {
+                return false;
+            }
+        }
+        expected.next().is_none()
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -239,6 +272,41 @@ mod tests {
             prop_assert_eq!(CityKey::parse(&padded).unwrap(), key.clone());
             let spaced = raw.replace(' ', "  ");
             prop_assert_eq!(CityKey::parse(&spaced).unwrap(), key);
+        }
+
+        #[test]
+        fn matching_a_key_agrees_with_parsing(
+            raw in prop_oneof![
+                "[ -~]{0,30}",
+                "[ A-Za-z\t\n]{0,30}",
+                "[a-z ]{195,205}",
+                "\\PC{0,30}",
+                "[ a-zA-Z\u{a0}\u{130}\u{e3}\u{303}]{0,20}",
+            ],
+            other in "[ -~]{0,10}",
+        ) {
+            let parsed = CityKey::parse(&raw);
+            let mut candidates = vec![
+                raw.clone(),
+                raw.to_lowercase(),
+                raw.trim().to_lowercase(),
+                other,
+                String::new(),
+            ];
+            if let Ok(key) = &parsed {
+                candidates.push(key.as_str().to_owned());
+                candidates.push(format!("{} ", key.as_str()));
+                let mut shorter = key.as_str().to_owned();
+                shorter.pop();
+                candidates.push(shorter);
+            }
+            for candidate in candidates {
+                prop_assert_eq!(
+                    CityKey::matches(&raw, &candidate),
+                    parsed.as_ref().is_ok_and(|key| key.as_str() == candidate),
+                    "{:?} against {:?}", raw, candidate
+                );
+            }
         }
 
         #[test]
