@@ -20,6 +20,7 @@ use tokio::sync::Mutex;
 use crate::checks::{Poison, Rss};
 use crate::cluster::Cluster;
 use crate::schedule::{Fault, Planned};
+use crate::topic::DeadLetter;
 
 /// The longest an admin command (replay, redrive) may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -29,6 +30,7 @@ const REPLAY_ATTEMPTS: u32 = 5;
 const REPLAY_RETRY: Duration = Duration::from_secs(15);
 /// How long the fix waits for the `schema` poison to be dead-lettered.
 const DEAD_LETTERED_TIMEOUT: Duration = Duration::from_secs(300);
+const DEAD_LETTERED_POLL: Duration = Duration::from_secs(2);
 /// How long a restarted indexer gets to become ready before the next one of a
 /// rolling restart goes down.
 const ROLLING_READY: Duration = Duration::from_secs(60);
@@ -309,29 +311,18 @@ impl Services {
             .filter(|p| p.reason == "schema")
             .map(|p| (p.partition, p.offset))
             .collect();
-        let deadline = Instant::now() + DEAD_LETTERED_TIMEOUT;
-        loop {
-            let dlq = format!("{}.dlq", self.settings.names.topic);
-            let kafka = self.settings.kafka.clone();
-            let letters =
+        let (kafka, dlq) = (
+            self.settings.kafka.clone(),
+            format!("{}.dlq", self.settings.names.topic),
+        );
+        wait_dead_lettered(&expected, DEAD_LETTERED_TIMEOUT, DEAD_LETTERED_POLL, || {
+            let (kafka, dlq) = (kafka.clone(), dlq.clone());
+            async move {
                 tokio::task::spawn_blocking(move || crate::topic::dead_letters(&kafka, &dlq))
-                    .await??;
-            let seen: HashSet<(i32, i64)> = letters
-                .iter()
-                .filter(|l| l.reason == "schema")
-                .map(|l| (l.origin.1, l.origin.2))
-                .collect();
-            if expected.is_subset(&seen) {
-                break;
+                    .await?
             }
-            if Instant::now() > deadline {
-                bail!(
-                    "the schema poison {:?} was not dead-lettered within {DEAD_LETTERED_TIMEOUT:?}",
-                    expected.difference(&seen).collect::<Vec<_>>()
-                );
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
+        })
+        .await?;
         std::fs::write(
             self.settings
                 .schema_dir
@@ -434,5 +425,131 @@ impl Services {
 
     pub fn indexers_started(&self) -> usize {
         self.started_indexers.load(Ordering::SeqCst)
+    }
+}
+
+/// Reads the dead letters until each `schema` poison in `expected` (partition,
+/// offset) is there, or `timeout` passes. The read runs while other faults do (a
+/// broker may be down, and librdkafka then fails metadata and watermark requests
+/// until it reconnects), so a failed read counts as one that found nothing yet; a
+/// timeout names the last error.
+async fn wait_dead_lettered<Read, Letters>(
+    expected: &HashSet<(i32, i64)>,
+    timeout: Duration,
+    poll: Duration,
+    mut read: Read,
+) -> anyhow::Result<()>
+where
+    Read: FnMut() -> Letters,
+    Letters: Future<Output = anyhow::Result<Vec<DeadLetter>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        // A failed read counts as one that found nothing; its error is kept for
+        // the timeout's message.
+        let (seen, last_error): (HashSet<(i32, i64)>, _) = match read().await {
+            Ok(letters) => (
+                letters
+                    .iter()
+                    .filter(|l| l.reason == "schema")
+                    .map(|l| (l.origin.1, l.origin.2))
+                    .collect(),
+                None,
+            ),
+            Err(e) => (HashSet::new(), Some(e)),
+        };
+        if expected.is_subset(&seen) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let missing = expected.difference(&seen).collect::<Vec<_>>();
+            match last_error {
+                Some(e) => bail!(
+                    "the schema poison {missing:?} was not dead-lettered within {timeout:?}; the last read of the DLQ failed: {e:#}"
+                ),
+                None => {
+                    bail!("the schema poison {missing:?} was not dead-lettered within {timeout:?}")
+                }
+            }
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema_letter(partition: i32, offset: i64) -> DeadLetter {
+        DeadLetter {
+            key: "x".into(),
+            reason: "schema".into(),
+            error: "unknown schema".into(),
+            origin: ("cities".into(), partition, offset),
+        }
+    }
+
+    /// Found by `make test`'s soak (seed 1796460613): the wait for the dead letters
+    /// runs while a broker may be down, and one failed read of the DLQ's watermarks
+    /// ended the fault (and failed the soak) although the letters came seconds later.
+    #[tokio::test]
+    async fn a_failed_read_of_the_dead_letters_is_retried() {
+        let expected = HashSet::from([(0, 7)]);
+        let mut reads = 0;
+        let outcome = wait_dead_lettered(
+            &expected,
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            || {
+                reads += 1;
+                let first = reads == 1;
+                async move {
+                    if first {
+                        bail!("Meta data fetch error: DestroyBroker")
+                    }
+                    Ok(vec![schema_letter(0, 7)])
+                }
+            },
+        )
+        .await;
+        assert!(outcome.is_ok(), "{outcome:?}");
+        assert_eq!(reads, 2);
+    }
+
+    #[tokio::test]
+    async fn reads_that_keep_failing_give_up_at_the_timeout_naming_the_last_error() {
+        let expected = HashSet::from([(0, 7)]);
+        let started = Instant::now();
+        let outcome = wait_dead_lettered(
+            &expected,
+            Duration::from_millis(50),
+            Duration::from_millis(5),
+            || async { bail!("Meta data fetch error: DestroyBroker") },
+        )
+        .await;
+        let error = format!("{:#}", outcome.expect_err("every read failed"));
+        assert!(
+            started.elapsed() >= Duration::from_millis(50),
+            "gave up early: {error}"
+        );
+        assert!(error.contains("(0, 7)"), "{error}");
+        assert!(error.contains("DestroyBroker"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_letter_that_never_comes_fails_naming_it() {
+        let expected = HashSet::from([(0, 7), (1, 3)]);
+        let outcome = wait_dead_lettered(
+            &expected,
+            Duration::from_millis(20),
+            Duration::from_millis(5),
+            || async { Ok(vec![schema_letter(0, 7)]) },
+        )
+        .await;
+        let error = format!("{:#}", outcome.expect_err("(1, 3) never came"));
+        assert!(
+            error.contains("(1, 3)") && !error.contains("(0, 7)"),
+            "{error}"
+        );
     }
 }
