@@ -27,9 +27,10 @@ fail() { echo "supply-chain: $*" >&2; exit 1; }
 if [[ ! -x $deny ]]; then
   echo "==> installing cargo-deny $deny_version into $(dirname "$(dirname "$deny")") (once; a few minutes)"
   # nice: the build takes every core, and CI machines are shared. cargo-deny's own
-  # release profile asks for fat LTO and one codegen unit, which on two cores takes
-  # minutes longer to build a tool that runs for seconds: the overrides build it
-  # as cargo's default release profile would (2m09s on this 2-core machine).
+  # release profile asks for fat LTO and one codegen unit, the slowest build there
+  # is, for a tool that runs for seconds: the overrides build it as cargo's default
+  # release profile would (2m09s on a 2-core machine; the time without them was
+  # not measured).
   CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
     nice cargo install --locked --quiet "cargo-deny@$deny_version" --root "$(dirname "$(dirname "$deny")")"
 fi
