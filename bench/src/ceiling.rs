@@ -15,7 +15,7 @@ use crate::preload::city_name;
 
 /// The parts of each item's answer the indexer asks `_bulk` for (its
 /// `filter_path`), so the engine serialises as much for the ceiling as for it.
-const BULK_FILTER_PATH: &str = "items.*.status,items.*.result,items.*.error";
+const BULK_FILTER_PATH: &str = "items.*.status,items.*.error";
 
 /// `documents` as `_bulk` bodies of `bulk_size` `index` actions each, carrying the
 /// Kafka offset as external version as the indexer's do. Built once, before any

@@ -128,7 +128,7 @@ pub fn parse_response(body: &[u8], writes: &[&Write]) -> Result<Vec<ItemAttempt>
 }
 
 /// The parts of each item's answer that `classify` reads.
-const RESPONSE_FIELDS: [&str; 3] = ["items.*.status", "items.*.result", "items.*.error"];
+const RESPONSE_FIELDS: [&str; 2] = ["items.*.status", "items.*.error"];
 
 /// The NDJSON body: per write, an `index` action carrying the offset as external
 /// version, then the document, each on its own line. One buffer sized for the
@@ -214,8 +214,6 @@ pub struct ItemResult {
     #[serde(default)]
     status: u16,
     #[serde(default)]
-    result: Option<String>,
-    #[serde(default)]
     error: Option<Value>,
 }
 
@@ -256,7 +254,10 @@ pub fn classify(item: &ItemResult, is_delete: bool) -> ItemAttempt {
     };
     match item.status {
         200..=299 if is_delete => Done(ItemOutcome::Deleted),
-        200..=299 if item.result.as_deref() == Some("created") => Done(ItemOutcome::Created),
+        // Both engines answer an `index` action that created its document with 201
+        // and one that replaced it with 200: the status says what `result` would,
+        // without the engine writing and the indexer reading a string per document.
+        201 => Done(ItemOutcome::Created),
         200..=299 => Done(ItemOutcome::Updated),
         409 => Done(ItemOutcome::Stale),
         // Only the document itself is poison. Any other failure of an item (a
@@ -365,10 +366,9 @@ mod tests {
         assert_eq!(&body[..], &expected[..]);
     }
 
-    fn item(status: u16, result: Option<&str>) -> ItemResult {
+    fn item(status: u16) -> ItemResult {
         ItemResult {
             status,
-            result: result.map(str::to_owned),
             error: (status >= 300).then(|| json!({"type": "mapper_parsing_exception"})),
         }
     }
@@ -376,34 +376,18 @@ mod tests {
     #[test]
     fn items_are_classified_by_status() {
         let done = |outcome| ItemAttempt::Done(outcome);
-        assert_eq!(
-            classify(&item(201, Some("created")), false),
-            done(ItemOutcome::Created)
-        );
-        assert_eq!(
-            classify(&item(200, Some("updated")), false),
-            done(ItemOutcome::Updated)
-        );
-        assert_eq!(
-            classify(&item(200, Some("updated")), true),
-            done(ItemOutcome::Deleted)
-        );
-        assert_eq!(classify(&item(409, None), false), done(ItemOutcome::Stale));
+        assert_eq!(classify(&item(201), false), done(ItemOutcome::Created));
+        assert_eq!(classify(&item(200), false), done(ItemOutcome::Updated));
+        assert_eq!(classify(&item(200), true), done(ItemOutcome::Deleted));
+        assert_eq!(classify(&item(409), false), done(ItemOutcome::Stale));
+        assert!(matches!(classify(&item(429), false), ItemAttempt::Retry(_)));
+        assert!(matches!(classify(&item(503), false), ItemAttempt::Retry(_)));
         assert!(matches!(
-            classify(&item(429, None), false),
-            ItemAttempt::Retry(_)
-        ));
-        assert!(matches!(
-            classify(&item(503, None), false),
-            ItemAttempt::Retry(_)
-        ));
-        assert!(matches!(
-            classify(&item(400, None), false),
+            classify(&item(400), false),
             ItemAttempt::Done(ItemOutcome::Rejected(_))
         ));
         let write_block = ItemResult {
             status: 403,
-            result: None,
             error: Some(json!({"type": "cluster_block_exception"})),
         };
         assert!(matches!(
@@ -422,8 +406,8 @@ mod tests {
             occurred_at_micros: 0,
         };
         let (kept, gone) = (document(false), document(true));
-        let body = br#"{"items":[{"index":{"status":201,"result":"created"}},{"index":{"status":409,"error":{"type":"version_conflict_engine_exception","reason":"r"}}},{"index":{"status":200,"result":"updated"}},{}]}"#;
-        let attempts = parse_response(body, &[&kept, &kept, &gone, &kept]).unwrap();
+        let body = br#"{"items":[{"index":{"status":201}},{"index":{"status":409,"error":{"type":"version_conflict_engine_exception","reason":"r"}}},{"index":{"status":200}},{},{"index":{"status":200}}]}"#;
+        let attempts = parse_response(body, &[&kept, &kept, &gone, &kept, &kept]).unwrap();
         assert_eq!(attempts[0], ItemAttempt::Done(ItemOutcome::Created));
         assert_eq!(attempts[1], ItemAttempt::Done(ItemOutcome::Stale));
         assert_eq!(attempts[2], ItemAttempt::Done(ItemOutcome::Deleted));
@@ -431,16 +415,37 @@ mod tests {
             matches!(attempts[3], ItemAttempt::Retry(_)),
             "no answer: retried"
         );
+        assert_eq!(attempts[4], ItemAttempt::Done(ItemOutcome::Updated));
         assert!(
             parse_response(body, &[&kept]).is_err(),
             "item count must match"
         );
     }
 
+    /// An answer that was not trimmed (a proxy dropping `filter_path`, an engine
+    /// ignoring it) carries `result` and much more; the status alone decides.
+    #[test]
+    fn a_full_answer_is_read_by_its_status() {
+        let write = Write {
+            document: CityDocument {
+                deleted: false,
+                ..CityDocument::deleted("k", None, 0, 0, 1)
+            },
+            occurred_at_micros: 0,
+        };
+        let body = br#"{"took":3,"errors":false,"items":[{"index":{"_index":"cities-1","_id":"k","_version":7,"result":"created","_shards":{"total":2,"successful":1,"failed":0},"_seq_no":0,"_primary_term":1,"status":201}},{"index":{"_index":"cities-1","_id":"k","_version":9,"result":"updated","_shards":{"total":2,"successful":1,"failed":0},"_seq_no":1,"_primary_term":1,"status":200}}]}"#;
+        assert_eq!(
+            parse_response(body, &[&write, &write]).unwrap(),
+            [
+                ItemAttempt::Done(ItemOutcome::Created),
+                ItemAttempt::Done(ItemOutcome::Updated)
+            ]
+        );
+    }
+
     fn failed(status: Option<u16>, error: Value) -> ItemResult {
         ItemResult {
             status: status.unwrap_or_default(),
-            result: None,
             error: Some(error),
         }
     }
