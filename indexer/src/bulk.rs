@@ -207,9 +207,9 @@ fn write_document(body: &mut Vec<u8>, document: &CityDocument) {
 /// Any other string goes through serde_json.
 fn json_str(body: &mut Vec<u8>, text: &str) {
     // No early exit: a fold over every byte vectorises, and these strings are short.
-    let escapes = text
-        .bytes()
-        .fold(false, |any, b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    let escapes = text.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
     if escapes {
         json_value(body, text);
     } else {
