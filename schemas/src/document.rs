@@ -4,7 +4,7 @@
 //! offset of the event it was built from, so the engine itself refuses anything older
 //! than what it holds.
 
-use chrono::{DateTime, SecondsFormat};
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -75,9 +75,33 @@ impl CityDocument {
 /// Microseconds since the epoch as RFC 3339 UTC; out-of-range values clamp to the
 /// epoch rather than fail, since the timestamp is informational.
 pub fn rfc3339_from_micros(micros: i64) -> String {
-    DateTime::from_timestamp_micros(micros)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Micros, true)
+    let at = DateTime::from_timestamp_micros(micros).unwrap_or_default();
+    // Every event's timestamp is written once per document, and chrono's general
+    // formatter (through `core::fmt`) was a tenth of the indexer's instructions per
+    // event. A UTC time in years 0 to 9999 has one fixed-width shape: chrono does
+    // the calendar, its fields are written as digits into it. Other years (chrono
+    // writes them with a sign and five digits or more) go through chrono.
+    let year = at.year();
+    if !(0..=9999).contains(&year) {
+        return at.to_rfc3339_opts(SecondsFormat::Micros, true);
+    }
+    let mut text = *b"0000-00-00T00:00:00.000000Z";
+    for (field, value) in [
+        (0..4, year as u32),
+        (5..7, at.month()),
+        (8..10, at.day()),
+        (11..13, at.hour()),
+        (14..16, at.minute()),
+        (17..19, at.second()),
+        (20..26, at.timestamp_subsec_micros()),
+    ] {
+        let mut value = value;
+        for digit in text[field].iter_mut().rev() {
+            *digit = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    }
+    String::from_utf8(text.to_vec()).expect("ASCII digits and separators")
 }
 
 /// The explicit mapping: `dynamic: strict` so a document with an unexpected field is
@@ -149,6 +173,50 @@ mod tests {
         }
         assert_eq!(doc["updated_at"], "2023-11-14T22:13:20.123456Z");
         assert_eq!(doc["version"], 42);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn timestamps_are_written_as_chrono_writes_them(micros in proptest::num::i64::ANY) {
+            let chrono = DateTime::from_timestamp_micros(micros)
+                .unwrap_or_default()
+                .to_rfc3339_opts(SecondsFormat::Micros, true);
+            proptest::prop_assert_eq!(rfc3339_from_micros(micros), chrono);
+        }
+
+        /// The years every real event has, where the fixed-width shape is used.
+        #[test]
+        fn timestamps_of_years_0_to_9999_are_written_as_chrono_writes_them(
+            micros in -62_167_219_200_000_000i64..253_402_300_800_000_000
+        ) {
+            let chrono = DateTime::from_timestamp_micros(micros)
+                .unwrap()
+                .to_rfc3339_opts(SecondsFormat::Micros, true);
+            proptest::prop_assert_eq!(rfc3339_from_micros(micros), chrono);
+        }
+    }
+
+    #[test]
+    fn timestamps_at_the_edges_are_written_as_chrono_writes_them() {
+        for micros in [
+            0,
+            -1,
+            1,
+            999_999,
+            1_000_000,
+            -62_167_219_200_000_000, // 0000-01-01T00:00:00Z
+            -62_167_219_200_000_001, // the microsecond before: year -1
+            253_402_300_799_999_999, // 9999-12-31T23:59:59.999999Z
+            253_402_300_800_000_000, // year 10000
+            951_782_400_000_000,     // 2000-02-29
+            i64::MIN,
+            i64::MAX,
+        ] {
+            let chrono = DateTime::from_timestamp_micros(micros)
+                .unwrap_or_default()
+                .to_rfc3339_opts(SecondsFormat::Micros, true);
+            assert_eq!(rfc3339_from_micros(micros), chrono, "{micros}");
+        }
     }
 
     #[test]
