@@ -94,6 +94,28 @@ pub async fn wait_for_metric(service: &Service, series: &str, value: f64) {
     }
 }
 
+/// `CITYPOP_RETRY_MAX_DELAY`'s default, which the tests' indexers run with.
+const RETRY_MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// Waits until the indexer answers `/readyz` with 200 again after an outage it
+/// retried through. The index can be whole before that: a failing batch whose
+/// writes a newer batch has already superseded still waits for its next attempt,
+/// up to the retry's longest delay, and the indexer is not ready until it has run.
+pub async fn wait_until_ready(indexer: &Service, after: &str) {
+    let since = Instant::now();
+    let mut readiness = indexer.readiness().await;
+    while readiness != 200 && since.elapsed() < RETRY_MAX_DELAY + Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        readiness = indexer.readiness().await;
+    }
+    assert_eq!(
+        readiness,
+        200,
+        "not ready again {after}, {:?} after being asked (the retry's longest delay is {RETRY_MAX_DELAY:?})",
+        since.elapsed()
+    );
+}
+
 /// Waits until `group` has committed everything `topic` holds: all of it handled.
 pub async fn wait_for_committed(kafka: &Kafka, group: &str, topic: &str) {
     let deadline = Instant::now() + CATCH_UP;

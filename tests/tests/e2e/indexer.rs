@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{
     CATCH_UP, Expected, expect, load, wait_for_committed, wait_for_index, wait_for_metric,
+    wait_until_ready,
 };
 use citypop_schemas::CityKey;
 use citypop_tests::api_client::ApiClient;
@@ -612,22 +613,8 @@ async fn an_alias_without_a_write_index_is_retried_never_dead_lettered() {
     // then, still wait for their next attempt, up to the retry's 30 s cap. The
     // indexer is not ready while a batch it could not write waits; it must be once
     // that attempt has run.
-    let fixed_at = Instant::now();
-    let mut readiness = indexer.readiness().await;
-    while readiness != 200 && fixed_at.elapsed() < RETRY_MAX_DELAY + Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        readiness = indexer.readiness().await;
-    }
-    assert_eq!(
-        readiness,
-        200,
-        "ready again once fixed, within the retry's longest delay ({:?} after the index was whole)",
-        fixed_at.elapsed()
-    );
+    wait_until_ready(&indexer, "once the alias was fixed").await;
 }
-
-/// `CITYPOP_RETRY_MAX_DELAY`'s default, which the tests' indexers run with.
-const RETRY_MAX_DELAY: Duration = Duration::from_secs(30);
 
 /// Poison as large as the broker accepts cannot go to the dead-letter topic whole:
 /// its copy with the `citypop.dlq.*` headers is over the limit, a produce error that
