@@ -20,7 +20,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use crate::batch::Batch;
 use crate::bulk::{BulkLimits, BulkSink, ItemAttempt, ItemOutcome, RequestFailed};
 use crate::coalesce::Newest;
-use crate::dead_letter::{DeadLetterReason, PoisonCause, PoisonSink, is_redriven};
+use crate::dead_letter::{DeadLetterReason, PoisonCause, PoisonSink};
 use crate::decode::Write;
 use crate::fetch::BatchReceiver;
 use crate::metrics::{IndexedResult, Metrics, RedriveResult, RetryReason};
@@ -176,30 +176,55 @@ impl<S: BulkSink, P: PoisonSink> BatchWriter<S, P> {
             .await
             .map_err(|_| Interrupted::Aborted)?;
         let writes = chunk.iter().map(|newest| &newest.write).collect();
-        for (write, outcome) in self.write_with_retries(writes).await? {
-            // Every write was decoded from the batch's message for its city.
-            let message = batch.newest.get(write.key()).map(|newest| &newest.message);
-            if message.is_some_and(is_redriven) {
+        let outcomes = self.write_with_retries(writes).await?;
+        // Every outcome is final now: the clock is read once for all of them, and
+        // each counter moves once per request, not once per document.
+        let written_at = chrono::Utc::now().timestamp_micros();
+        let (mut created, mut updated, mut deleted, mut stale) = (0, 0, 0, 0);
+        let mut rejected = Vec::new();
+        for (write, outcome) in outcomes {
+            if write.redriven {
                 match outcome {
                     ItemOutcome::Stale => self.metrics.redriven(RedriveResult::Superseded),
                     ItemOutcome::Rejected(_) => {}
                     _ => self.metrics.redriven(RedriveResult::Indexed),
                 }
             }
-            match outcome {
-                ItemOutcome::Created => self.indexed(IndexedResult::Created, write),
-                ItemOutcome::Updated => self.indexed(IndexedResult::Updated, write),
-                ItemOutcome::Deleted => self.indexed(IndexedResult::Deleted, write),
-                ItemOutcome::Stale => self.metrics.indexed(IndexedResult::Stale),
-                ItemOutcome::Rejected(error) => {
-                    if let Some(message) = message {
-                        let cause = PoisonCause {
-                            reason: DeadLetterReason::Rejected,
-                            error,
-                        };
-                        self.take_poison(message, &cause).await?;
-                    }
+            let written = match outcome {
+                ItemOutcome::Created => &mut created,
+                ItemOutcome::Updated => &mut updated,
+                ItemOutcome::Deleted => &mut deleted,
+                ItemOutcome::Stale => {
+                    stale += 1;
+                    continue;
                 }
+                ItemOutcome::Rejected(error) => {
+                    rejected.push((write, error));
+                    continue;
+                }
+            };
+            *written += 1;
+            self.metrics
+                .end_to_end((written_at - write.occurred_at_micros).max(0) as f64 / 1e6);
+        }
+        for (result, count) in [
+            (IndexedResult::Created, created),
+            (IndexedResult::Updated, updated),
+            (IndexedResult::Deleted, deleted),
+            (IndexedResult::Stale, stale),
+        ] {
+            if count > 0 {
+                self.metrics.indexed(result, count);
+            }
+        }
+        for (write, error) in rejected {
+            // Every write was decoded from the batch's message for its city.
+            if let Some(newest) = batch.newest.get(write.key()) {
+                let cause = PoisonCause {
+                    reason: DeadLetterReason::Rejected,
+                    error,
+                };
+                self.take_poison(&newest.message, &cause).await?;
             }
         }
         Ok(())
@@ -214,13 +239,6 @@ impl<S: BulkSink, P: PoisonSink> BatchWriter<S, P> {
         self.poison.take(message, cause).await?;
         self.metrics.dead_lettered(cause.reason);
         Ok(())
-    }
-
-    fn indexed(&self, result: IndexedResult, write: &Write) {
-        self.metrics.indexed(result);
-        let now = chrono::Utc::now().timestamp_micros();
-        self.metrics
-            .end_to_end((now - write.occurred_at_micros).max(0) as f64 / 1e6);
     }
 
     /// Sends the writes, retrying the whole request on request-level failures and
@@ -641,6 +659,59 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("result=\"indexed\"} 1"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn every_outcome_is_counted_once_per_document() {
+        let mut registry = Registry::default();
+        let by_city = |w: &Write| match w.key() {
+            "paris" | "oslo" => ItemAttempt::Done(ItemOutcome::Created),
+            "lyon" => ItemAttempt::Done(ItemOutcome::Updated),
+            "rome" => ItemAttempt::Done(ItemOutcome::Deleted),
+            "bern" => ItemAttempt::Done(ItemOutcome::Stale),
+            _ => ItemAttempt::Done(ItemOutcome::Rejected("mapper_parsing_exception".into())),
+        };
+        let writer = BatchWriter::new(
+            Arc::new(Codec::new()),
+            FakeEngine::answering([Answer::Items(by_city)]),
+            RecordedPoison::default(),
+            Retry::new(QUICK_RETRIES, not_aborted()),
+            Arc::new(Metrics::register(&mut registry)),
+            BulkLimits {
+                documents: 100,
+                concurrency: 2,
+            },
+        );
+        let mut batch = Batch::default();
+        for (offset, city) in ["paris", "oslo", "lyon", "rome", "bern", "kyiv"]
+            .into_iter()
+            .enumerate()
+        {
+            let mut message = MessageBuilder::tombstone(city).at(0, offset as i64);
+            if city == "oslo" || city == "kyiv" {
+                message = message.header(crate::dead_letter::HEADER_REDRIVEN_FROM, "t.dlq/0/3");
+            }
+            batch.push(&writer.codec, message.build());
+        }
+        writer.write_batch(&batch).await.expect("written");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "citypop_indexer_documents_indexed_total{result=\"created\"} 2",
+            "citypop_indexer_documents_indexed_total{result=\"updated\"} 1",
+            "citypop_indexer_documents_indexed_total{result=\"deleted\"} 1",
+            "citypop_indexer_documents_indexed_total{result=\"stale\"} 1",
+            "citypop_indexer_redriven_documents_total{result=\"indexed\"} 1",
+            // The latency of each document written (created, updated or deleted).
+            "citypop_indexer_end_to_end_latency_seconds_count 4",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+        assert!(!text.contains("result=\"superseded\"} 1"), "{text}");
+        assert_eq!(
+            writer.poison.taken(),
+            [("kyiv".to_owned(), 5, DeadLetterReason::Rejected)]
+        );
     }
 
     #[tokio::test]

@@ -367,6 +367,7 @@ mod tests {
                         deleted: i % 2 == 1,
                     },
                     occurred_at_micros: 0,
+                    redriven: false,
                 });
             }
         }
@@ -431,6 +432,7 @@ mod tests {
                 ..CityDocument::deleted("k", None, 0, 0, 1)
             },
             occurred_at_micros: 0,
+            redriven: false,
         };
         let (kept, gone) = (document(false), document(true));
         let body = br#"{"items":[{"index":{"status":201}},{"index":{"status":409,"error":{"type":"version_conflict_engine_exception","reason":"r"}}},{"index":{"status":200}},{},{"index":{"status":200}}]}"#;
@@ -459,6 +461,7 @@ mod tests {
                 ..CityDocument::deleted("k", None, 0, 0, 1)
             },
             occurred_at_micros: 0,
+            redriven: false,
         };
         let body = br#"{"took":3,"errors":false,"items":[{"index":{"_index":"cities-1","_id":"k","_version":7,"result":"created","_shards":{"total":2,"successful":1,"failed":0},"_seq_no":0,"_primary_term":1,"status":201}},{"index":{"_index":"cities-1","_id":"k","_version":9,"result":"updated","_shards":{"total":2,"successful":1,"failed":0},"_seq_no":1,"_primary_term":1,"status":200}}]}"#;
         assert_eq!(
@@ -527,6 +530,7 @@ mod tests {
         let write = Write {
             document: CityDocument::deleted("paris", None, 0, 3, 42),
             occurred_at_micros: 0,
+            redriven: false,
         };
         let body = encode(&[&write]);
         assert!(body.ends_with(b"\n"), "NDJSON ends with a newline");

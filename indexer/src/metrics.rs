@@ -290,8 +290,10 @@ impl Metrics {
         self.consumed.inc_by(count as u64);
     }
 
-    pub fn indexed(&self, result: IndexedResult) {
-        self.indexed.get_or_create(&IndexedLabels { result }).inc();
+    pub fn indexed(&self, result: IndexedResult, count: u64) {
+        self.indexed
+            .get_or_create(&IndexedLabels { result })
+            .inc_by(count);
     }
 
     /// Documents written since start: created, updated or deleted (stale ones are
