@@ -441,17 +441,33 @@ mod tests {
         engine: FakeEngine,
         abort: watch::Receiver<bool>,
     ) -> BatchWriter<FakeEngine, RecordedPoison> {
+        writer_counting_into(engine, abort, &mut Registry::default())
+    }
+
+    /// A writer whose metrics the test reads back from `registry`.
+    fn writer_counting_into(
+        engine: FakeEngine,
+        abort: watch::Receiver<bool>,
+        registry: &mut Registry,
+    ) -> BatchWriter<FakeEngine, RecordedPoison> {
         BatchWriter::new(
             Arc::new(Codec::new()),
             engine,
             RecordedPoison::default(),
             Retry::new(QUICK_RETRIES, abort),
-            Arc::new(Metrics::register(&mut Registry::default())),
+            Arc::new(Metrics::register(registry)),
             BulkLimits {
                 documents: 100,
                 concurrency: 2,
             },
         )
+    }
+
+    /// The metrics as Prometheus scrapes them.
+    fn exposition(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
     }
 
     fn not_aborted() -> watch::Receiver<bool> {
@@ -628,16 +644,10 @@ mod tests {
     async fn a_redriven_message_that_a_newer_event_beat_counts_as_superseded() {
         let mut registry = Registry::default();
         let stale = |_: &Write| ItemAttempt::Done(ItemOutcome::Stale);
-        let writer = BatchWriter::new(
-            Arc::new(Codec::new()),
+        let writer = writer_counting_into(
             FakeEngine::answering([Answer::Items(stale), Answer::Items(stale)]),
-            RecordedPoison::default(),
-            Retry::new(QUICK_RETRIES, not_aborted()),
-            Arc::new(Metrics::register(&mut registry)),
-            BulkLimits {
-                documents: 100,
-                concurrency: 2,
-            },
+            not_aborted(),
+            &mut registry,
         );
         let mut batch = Batch::default();
         batch.push(
@@ -652,8 +662,7 @@ mod tests {
             MessageBuilder::tombstone("oslo").at(1, 4).build(),
         );
         writer.write_batch(&batch).await.expect("written");
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let text = exposition(&registry);
         assert!(
             text.contains("citypop_indexer_redriven_documents_total{result=\"superseded\"} 1"),
             "{text}"
@@ -671,16 +680,10 @@ mod tests {
             "bern" => ItemAttempt::Done(ItemOutcome::Stale),
             _ => ItemAttempt::Done(ItemOutcome::Rejected("mapper_parsing_exception".into())),
         };
-        let writer = BatchWriter::new(
-            Arc::new(Codec::new()),
+        let writer = writer_counting_into(
             FakeEngine::answering([Answer::Items(by_city)]),
-            RecordedPoison::default(),
-            Retry::new(QUICK_RETRIES, not_aborted()),
-            Arc::new(Metrics::register(&mut registry)),
-            BulkLimits {
-                documents: 100,
-                concurrency: 2,
-            },
+            not_aborted(),
+            &mut registry,
         );
         let mut batch = Batch::default();
         for (offset, city) in ["paris", "oslo", "lyon", "rome", "bern", "kyiv"]
@@ -694,8 +697,7 @@ mod tests {
             batch.push(&writer.codec, message.build());
         }
         writer.write_batch(&batch).await.expect("written");
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let text = exposition(&registry);
         for line in [
             "citypop_indexer_documents_indexed_total{result=\"created\"} 2",
             "citypop_indexer_documents_indexed_total{result=\"updated\"} 1",
