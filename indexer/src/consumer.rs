@@ -62,8 +62,11 @@ pub struct GroupContext {
     /// Whether consumption is paused now. Partitions assigned meanwhile are paused
     /// as they arrive, or a member would fetch them at full speed into memory
     /// during an engine outage; a partition given back after a pause elsewhere is
-    /// resumed, or it could stay paused for good.
+    /// resumed, or it could stay paused for good. A member starts paused: nothing
+    /// flows before the recreated-topic guard has vouched for the topic.
     paused: AtomicBool,
+    /// What the latest assignment was given before `assign` (see `pre_rebalance`).
+    paused_at_assign: AtomicBool,
 }
 
 impl GroupContext {
@@ -102,7 +105,22 @@ impl ConsumerContext for GroupContext {
                 tracing::info!(partitions = partitions.count(), "partitions revoked");
             }
             Rebalance::Assign(partitions) => {
-                tracing::info!(partitions = partitions.count(), "partitions assigned")
+                // Before `assign`, never after: librdkafka starts an assigned
+                // partition's fetcher from its own thread, and an application pause
+                // or resume of that partition in the same moment makes it drop the
+                // start (the start's version is older than the pause's by the time
+                // it is served). The partition then stays assigned, unpaused and
+                // unread for good, with no error (seen in CI: one of 12 partitions,
+                // fetch state "none"). Paused or resumed here, before it is
+                // assigned, its fetcher starts after, as the state says.
+                let paused = self.paused.load(Ordering::SeqCst);
+                apply_pause(consumer, partitions, paused);
+                self.paused_at_assign.store(paused, Ordering::SeqCst);
+                tracing::info!(
+                    partitions = partitions.count(),
+                    paused,
+                    "partitions assigned"
+                )
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
         }
@@ -110,7 +128,12 @@ impl ConsumerContext for GroupContext {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(partitions) = rebalance {
-            apply_pause(consumer, partitions, self.paused.load(Ordering::SeqCst));
+            // The state changed while `assign` ran, and `set_paused` may have read
+            // the assignment before it: only then is it applied again here.
+            let paused = self.paused.load(Ordering::SeqCst);
+            if paused != self.paused_at_assign.load(Ordering::SeqCst) {
+                apply_pause(consumer, partitions, paused);
+            }
             self.joined.send_replace(true);
         }
     }
@@ -185,7 +208,8 @@ pub fn create_consumer(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result
         .create_with_context(GroupContext {
             metrics,
             joined: watch::channel(false).0,
-            paused: AtomicBool::new(false),
+            paused: AtomicBool::new(true),
+            paused_at_assign: AtomicBool::new(true),
         })
         .context("creating the kafka consumer")?;
     consumer

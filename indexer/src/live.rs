@@ -89,6 +89,8 @@ impl LiveIndexer {
         let mut engine = self.writer.engine_writable();
         let mut dead_letters = self.writer.poison_sink().writable();
         let mut joined = self.consumer.context().joined();
+        // The consumer starts paused, as the flow starts held.
+        let mut paused = true;
         loop {
             let engine_writable = *engine.borrow_and_update();
             let dead_letters_writable = *dead_letters.borrow_and_update();
@@ -108,11 +110,16 @@ impl LiveIndexer {
             } else {
                 Flow::Flowing
             };
-            // Applied again at every change, joining the group included: that is
-            // when an assignment may have changed.
-            self.consumer
-                .context()
-                .set_paused(self.consumer.as_ref(), next != Flow::Flowing);
+            // Only when it changes: a pause or resume while librdkafka starts a
+            // new assignment's fetchers can leave a partition unread for good (see
+            // GroupContext::pre_rebalance, which gives every new assignment the
+            // state before it is assigned).
+            if paused != (next != Flow::Flowing) {
+                paused = next != Flow::Flowing;
+                self.consumer
+                    .context()
+                    .set_paused(self.consumer.as_ref(), paused);
+            }
             flow.send_if_modified(|now| std::mem::replace(now, next) != next);
             // A sender gone can change nothing any more; the others still can.
             tokio::select! {
