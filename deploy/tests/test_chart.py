@@ -41,6 +41,7 @@ REQUIRED_ALERTS = {
     "CitypopHighErrorRate", "CitypopHighLatency", "CitypopEngineDown", "CitypopPodRestarts",
     # The pipeline's.
     "CitypopConsumerLagHigh", "CitypopDeadLetters", "CitypopIndexerNotReady",
+    "CitypopPartitionUnread",
 }
 
 KNOWN_METRICS = {
@@ -51,6 +52,7 @@ KNOWN_METRICS = {
     "citypop_indexer_bulk_documents_bucket", "citypop_indexer_bulk_duration_seconds_bucket",
     "citypop_indexer_end_to_end_latency_seconds_bucket", "citypop_indexer_consumer_lag",
     "citypop_indexer_committed_offset", "citypop_indexer_ready", "citypop_indexer_topic_recreated",
+    "citypop_indexer_partitions_unfetched",
     # From Prometheus itself and kube-state-metrics.
     "up", "kube_pod_container_status_restarts_total",
 }

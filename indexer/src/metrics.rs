@@ -8,7 +8,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use rdkafka::statistics::Statistics;
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 
 use crate::dead_letter::{DeadLetterCounters, DeadLetterReason};
 use crate::status::StatusBoard;
@@ -151,6 +152,8 @@ pub struct Metrics {
     end_to_end_latency: Histogram,
     consumer_lag: Family<PartitionLabels, Gauge>,
     committed_offset: Family<PartitionLabels, Gauge>,
+    partitions_unfetched: Gauge,
+    unfetched: Mutex<UnfetchedPartitions>,
     /// Messages consumed and not yet handed to the writer.
     pub messages_waiting: Gauge,
     pub ready: Gauge,
@@ -176,6 +179,8 @@ impl Metrics {
             end_to_end_latency: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
             consumer_lag: Family::default(),
             committed_offset: Family::default(),
+            partitions_unfetched: Gauge::default(),
+            unfetched: Mutex::default(),
             messages_waiting: Gauge::default(),
             ready: Gauge::default(),
             topic_recreated: Gauge::default(),
@@ -239,6 +244,11 @@ impl Metrics {
             "committed_offset",
             "The group's committed offset per assigned partition",
             metrics.committed_offset.clone(),
+        );
+        registry.register(
+            "partitions_unfetched",
+            "Assigned partitions librdkafka has not started fetching in two statistics reports in a row (fetch state none): assigned but not read until the next rebalance or a restart",
+            metrics.partitions_unfetched.clone(),
         );
         registry.register(
             "messages_waiting",
@@ -349,6 +359,22 @@ impl Metrics {
     /// Takes lag and committed offsets from librdkafka's periodic statistics, for
     /// the partitions this member is assigned.
     pub fn record_statistics(&self, statistics: &Statistics) {
+        let fetch_states = statistics.topics.values().flat_map(|topic| {
+            topic
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.desired)
+                .map(|p| (p.partition, p.fetch_state.as_str()))
+        });
+        let mut unfetched = self.unfetched.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(stuck) = unfetched.report(fetch_states) {
+            tracing::warn!(
+                partitions = ?stuck,
+                "assigned partitions librdkafka has not started fetching: they are not read until the next rebalance or a restart"
+            );
+        }
+        self.partitions_unfetched.set(unfetched.count() as i64);
+        drop(unfetched);
         for topic in statistics.topics.values() {
             for partition in topic.partitions.values() {
                 // librdkafka reports an internal "-1" partition and, until a
@@ -371,5 +397,79 @@ impl Metrics {
                 }
             }
         }
+    }
+}
+
+/// Assigned partitions whose fetcher librdkafka has not started (fetch state
+/// `none`), from one statistics report to the next. An assignment starts its
+/// fetchers within milliseconds, so one still unstarted a report later (5 s) was
+/// dropped: librdkafka drops a fetch start that an application pause or resume
+/// overtakes, and nothing starts it again short of a new assignment. The consumer
+/// avoids making that pause (see `GroupContext::pre_rebalance`); this tells if it
+/// happens anyway.
+#[derive(Debug, Default)]
+pub struct UnfetchedPartitions {
+    /// Unstarted at the latest report.
+    latest: BTreeSet<i32>,
+    /// Unstarted at the latest report and the one before.
+    stuck: BTreeSet<i32>,
+}
+
+impl UnfetchedPartitions {
+    /// Takes one report's `(partition, fetch state)` of the assigned partitions;
+    /// returns the partitions now unstarted for two reports when that set changed
+    /// and is not empty, to be told once.
+    pub fn report<'a>(
+        &mut self,
+        fetch_states: impl IntoIterator<Item = (i32, &'a str)>,
+    ) -> Option<Vec<i32>> {
+        let unstarted: BTreeSet<i32> = fetch_states
+            .into_iter()
+            .filter(|(_, state)| *state == "none")
+            .map(|(partition, _)| partition)
+            .collect();
+        let stuck: BTreeSet<i32> = unstarted.intersection(&self.latest).copied().collect();
+        self.latest = unstarted;
+        let changed = stuck != self.stuck;
+        self.stuck = stuck;
+        (changed && !self.stuck.is_empty()).then(|| self.stuck.iter().copied().collect())
+    }
+
+    /// Partitions unstarted in two reports in a row.
+    pub fn count(&self) -> usize {
+        self.stuck.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_unstarted_in_two_reports_in_a_row_is_told_once() {
+        let mut unfetched = UnfetchedPartitions::default();
+        // Just assigned: not started yet is no finding.
+        assert_eq!(unfetched.report([(0, "none"), (1, "none")]), None);
+        assert_eq!(unfetched.count(), 0);
+        // Partition 0 started; partition 1 still has not.
+        assert_eq!(
+            unfetched.report([(0, "active"), (1, "none")]),
+            Some(vec![1])
+        );
+        assert_eq!(unfetched.count(), 1);
+        // Told once while it stays so; still counted.
+        assert_eq!(unfetched.report([(0, "active"), (1, "none")]), None);
+        assert_eq!(unfetched.count(), 1);
+        // A new assignment started it.
+        assert_eq!(unfetched.report([(0, "active"), (1, "offset-query")]), None);
+        assert_eq!(unfetched.count(), 0);
+    }
+
+    #[test]
+    fn partitions_started_in_between_are_not_stuck() {
+        let mut unfetched = UnfetchedPartitions::default();
+        assert_eq!(unfetched.report([(0, "none"), (1, "active")]), None);
+        assert_eq!(unfetched.report([(0, "active"), (1, "none")]), None);
+        assert_eq!(unfetched.count(), 0);
     }
 }
