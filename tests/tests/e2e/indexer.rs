@@ -1065,6 +1065,19 @@ async fn every_partition_is_read_by_fresh_members() {
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        // And the gauge that would tell an operator of such a partition says none.
+        let metrics = reqwest::get(format!("{}/metrics", indexer.base_url))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        assert!(
+            metrics
+                .lines()
+                .any(|line| line == "citypop_indexer_partitions_unfetched 0"),
+            "fresh member {member}: no citypop_indexer_partitions_unfetched 0 in /metrics"
+        );
         let log = without_colours(&indexer.log());
         let after_assign: Vec<&str> = log
             .lines()
