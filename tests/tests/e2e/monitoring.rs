@@ -217,7 +217,7 @@ async fn prometheus_scrapes_both_loads_every_alert_answers_every_panel_and_sees_
         .iter()
         .flat_map(|g| g["rules"].as_array().expect("rules").iter())
         .collect();
-    assert_eq!(alerts.len(), 10, "{rules}");
+    assert_eq!(alerts.len(), 11, "{rules}");
     eventually("every rule evaluated", || async {
         let rules = api(&prometheus, "/api/v1/rules", &[("type", "alert")]).await;
         rules["groups"][0]["rules"]
