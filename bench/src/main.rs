@@ -29,6 +29,7 @@ mod memory;
 mod preload;
 mod pull_ingestion;
 mod report;
+mod stall;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -17,6 +17,7 @@ use crate::Args;
 use crate::cpu::{CpuMeter, micros_per};
 use crate::preload::{Order, Preloaded};
 use crate::report::{CPU_CEILING, CPU_CITYPOP, CPU_ENGINE, CPU_TOTAL, Report, Sample, Target};
+use crate::stall::CommitProgress;
 
 /// One round's figure for one row of the report.
 pub struct Record {
@@ -730,51 +731,6 @@ pub async fn delete_alias(http: &reqwest::Client, engine: &str, alias: &str) -> 
 /// Events per second from the indexer's first consumed event until its group has
 /// committed the whole topic, and the CPU time of the engine and the indexer over
 /// that span.
-/// How long a drain may commit nothing before the bench calls it stalled: far above
-/// any pause of a working indexer (a batch's retries back off 30 s at most).
-const STALLED: Duration = Duration::from_secs(120);
-
-/// A drain's committed positions over time, to tell a slow drain from a stopped one.
-struct Progress {
-    ends: BTreeMap<i32, i64>,
-    committed: BTreeMap<i32, i64>,
-    moved_at: Instant,
-}
-
-impl Progress {
-    fn new(ends: BTreeMap<i32, i64>, now: Instant) -> Self {
-        Self {
-            ends,
-            committed: BTreeMap::new(),
-            moved_at: now,
-        }
-    }
-
-    /// Fails once nothing has been committed for `STALLED`, naming every partition
-    /// short of its end.
-    fn observe(&mut self, committed: BTreeMap<i32, i64>, now: Instant) -> anyhow::Result<()> {
-        if committed != self.committed {
-            self.committed = committed;
-            self.moved_at = now;
-        }
-        let still = now.duration_since(self.moved_at);
-        anyhow::ensure!(
-            still < STALLED,
-            "the indexer stopped draining: nothing committed for {still:?}; {}",
-            self.ends
-                .iter()
-                .filter(|&(p, end)| self.committed.get(p) != Some(end))
-                .map(|(p, end)| match self.committed.get(p) {
-                    Some(at) => format!("partition {p} committed {at} of {end}"),
-                    None => format!("partition {p} committed nothing of {end}"),
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        Ok(())
-    }
-}
-
 pub async fn drain(
     bench: &Bench,
     names: &Names,
@@ -787,6 +743,7 @@ pub async fn drain(
         .into_iter()
         .filter(|(_, e)| *e > 0)
         .collect();
+    let mut progress = CommitProgress::new(ends.clone(), Instant::now());
     let mut meter = CpuMeter::start(&[bench.engine_pid, Some(indexer.pid())]);
     let started = loop {
         if indexer
@@ -796,13 +753,12 @@ pub async fn drain(
         {
             break Instant::now();
         }
+        // Nothing consumed is nothing committed: an indexer that never starts
+        // reading is a stalled drain too.
+        progress.observe(BTreeMap::new(), Instant::now())?;
         meter = CpuMeter::start(&[bench.engine_pid, Some(indexer.pid())]);
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    // A drain that stops moving fails the bench at once, naming where it stopped,
-    // rather than waiting out the hour (a CI run once hung here on a partition the
-    // indexer had been assigned but never read).
-    let mut progress = Progress::new(ends.clone(), Instant::now());
     loop {
         let committed = kafka.committed(&names.group, &names.topic);
         if committed == ends {
@@ -926,39 +882,4 @@ fn kafka_version(pid: u32) -> Option<String> {
             )
         })
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_drain_that_stops_moving_fails_naming_the_partitions_behind() {
-        let start = Instant::now();
-        let ends = BTreeMap::from([(0, 40), (1, 40), (2, 44)]);
-        let mut progress = Progress::new(ends, start);
-        let stuck = BTreeMap::from([(0, 40), (2, 44)]);
-        progress
-            .observe(BTreeMap::from([(0, 10)]), start + Duration::from_secs(1))
-            .unwrap();
-        // Moving again, however slowly, restarts the clock.
-        progress
-            .observe(stuck.clone(), start + Duration::from_secs(100))
-            .unwrap();
-        progress
-            .observe(
-                stuck.clone(),
-                start + Duration::from_secs(100) + STALLED / 2,
-            )
-            .unwrap();
-        let error = progress
-            .observe(stuck, start + Duration::from_secs(100) + STALLED)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            error.contains("partition 1 committed nothing of 40"),
-            "{error}"
-        );
-        assert!(!error.contains("partition 0"), "{error}");
-    }
 }

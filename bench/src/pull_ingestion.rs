@@ -28,13 +28,15 @@ use crate::preload::{self, Order};
 use crate::report::{
     CPU_CEILING, CPU_CITYPOP, CPU_ENGINE, CPU_TOTAL, Sample as ReportSample, Target,
 };
+use crate::stall::{CommitProgress, Watch};
 
 /// Sends in flight at once while filling the two topics.
 const IN_FLIGHT: usize = 10_000;
 /// How often the drains are polled; each poll costs the engine a stats request
 /// (pull) or nothing of the engine's (the indexer's committed offsets).
 const POLL: Duration = Duration::from_millis(100);
-/// A drain that takes longer has stalled.
+/// A drain that is still moving but takes longer is too slow to measure (one that
+/// stops moving fails sooner: `crate::stall`).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Final documents checked, by id, version and population, after each run.
 const SAMPLE: usize = 200;
@@ -315,7 +317,13 @@ async fn indexer_drain(
     let mut start = CpuAt::take(engine_pid, None)?;
     start.indexer = Some(Duration::ZERO);
     let indexer = spawn_indexer_with(stack, names, &env, Readiness::Ready).await;
-    while kafka.committed(&names.group, &names.topic) != ends {
+    let mut progress = CommitProgress::new(ends.clone(), Instant::now());
+    loop {
+        let committed = kafka.committed(&names.group, &names.topic);
+        if committed == ends {
+            break;
+        }
+        progress.observe(committed, Instant::now())?;
         ensure!(
             start.at.elapsed() < DRAIN_TIMEOUT,
             "the indexer did not drain the topic"
@@ -380,6 +388,7 @@ async fn pull_drain(
             response.text().await.unwrap_or_default()
         );
     }
+    let mut processed = Watch::new(0, Instant::now());
     loop {
         let counts = pull_counts(http, engine, index).await?;
         ensure!(
@@ -388,6 +397,12 @@ async fn pull_drain(
         );
         if counts.processed >= events as u64 {
             break;
+        }
+        if let Some(still) = processed.stalled(counts.processed, Instant::now()) {
+            bail!(
+                "pull ingestion stopped: {} of {events} messages processed, none for {still:?}",
+                counts.processed
+            );
         }
         ensure!(
             start.at.elapsed() < DRAIN_TIMEOUT,
