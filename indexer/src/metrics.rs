@@ -194,6 +194,10 @@ impl Metrics {
         };
         metrics.dead_letters_writable.set(1);
         metrics.guard(GuardState::Unknown);
+        // Every result starts at 0, so a rate over it exists before the first redrive.
+        for result in [RedriveResult::Indexed, RedriveResult::Superseded] {
+            drop(metrics.redriven.get_or_create(&RedriveLabels { result }));
+        }
         let registry = registry.sub_registry_with_prefix("citypop_indexer");
         registry.register(
             "events_consumed",
@@ -463,6 +467,19 @@ mod tests {
         // A new assignment started it.
         assert_eq!(unfetched.report([(0, "active"), (1, "offset-query")]), None);
         assert_eq!(unfetched.count(), 0);
+    }
+
+    #[test]
+    fn every_redrive_result_is_exposed_before_the_first_redrive() {
+        let mut registry = Registry::default();
+        let _metrics = Metrics::register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encoded");
+        // A dashboard's rate() and an alert need the series before the first redrive.
+        for result in ["indexed", "superseded"] {
+            let line = format!("citypop_indexer_redriven_documents_total{{result=\"{result}\"}} 0");
+            assert!(text.contains(&line), "no {line:?} in\n{text}");
+        }
     }
 
     #[test]
