@@ -76,8 +76,14 @@ impl GroupContext {
     }
 
     /// Pauses or resumes the whole assignment, now and at every rebalance to come.
+    /// Only a change reaches librdkafka: a pause or resume while it starts a new
+    /// assignment's fetchers can leave a partition unread for good (see
+    /// `pre_rebalance`, which gives every new assignment the state before it is
+    /// assigned).
     pub fn set_paused<C: Consumer<Self>>(&self, consumer: &C, pause: bool) {
-        self.paused.store(pause, Ordering::SeqCst);
+        if self.paused.swap(pause, Ordering::SeqCst) == pause {
+            return;
+        }
         match consumer.assignment() {
             Ok(assignment) => apply_pause(consumer, &assignment, pause),
             Err(error) => tracing::warn!(%error, "reading the assignment failed"),

@@ -89,8 +89,6 @@ impl LiveIndexer {
         let mut engine = self.writer.engine_writable();
         let mut dead_letters = self.writer.poison_sink().writable();
         let mut joined = self.consumer.context().joined();
-        // The consumer starts paused, as the flow starts held.
-        let mut paused = true;
         loop {
             let engine_writable = *engine.borrow_and_update();
             let dead_letters_writable = *dead_letters.borrow_and_update();
@@ -110,16 +108,11 @@ impl LiveIndexer {
             } else {
                 Flow::Flowing
             };
-            // Only when it changes: a pause or resume while librdkafka starts a
-            // new assignment's fetchers can leave a partition unread for good (see
-            // GroupContext::pre_rebalance, which gives every new assignment the
-            // state before it is assigned).
-            if paused != (next != Flow::Flowing) {
-                paused = next != Flow::Flowing;
-                self.consumer
-                    .context()
-                    .set_paused(self.consumer.as_ref(), paused);
-            }
+            // The consumer starts paused, as the flow starts held; it reaches
+            // librdkafka only when it changes.
+            self.consumer
+                .context()
+                .set_paused(self.consumer.as_ref(), next != Flow::Flowing);
             flow.send_if_modified(|now| std::mem::replace(now, next) != next);
             // A sender gone can change nothing any more; the others still can.
             tokio::select! {
