@@ -252,22 +252,27 @@ impl Kafka {
 
     /// The offsets `group` has committed on `topic`, per partition (absent = none).
     pub fn committed(&self, group: &str, topic: &str) -> BTreeMap<i32, i64> {
-        let ends = self.end_offsets(topic);
-        let consumer = self.consumer(group);
+        let partitions = self.end_offsets(topic).into_keys();
+        self.committed_offsets(group, topic, partitions).read()
+    }
+
+    /// A reader of the offsets `group` has committed on `partitions` of `topic`,
+    /// for a loop that polls them: it keeps one client for every read, where each
+    /// `committed` call makes two (and their connections to the broker).
+    pub fn committed_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: impl IntoIterator<Item = i32>,
+    ) -> CommittedOffsets {
         let mut list = TopicPartitionList::new();
-        for partition in ends.keys() {
-            list.add_partition(topic, *partition);
+        for partition in partitions {
+            list.add_partition(topic, partition);
         }
-        consumer
-            .committed_offsets(list, TIMEOUT)
-            .expect("committed offsets")
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(offset) => Some((e.partition(), offset)),
-                _ => None,
-            })
-            .collect()
+        CommittedOffsets {
+            consumer: self.consumer(group),
+            partitions: list,
+        }
     }
 
     fn admin(&self) -> AdminClient<DefaultClientContext> {
@@ -423,4 +428,27 @@ pub fn now_micros() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .as_micros() as i64
+}
+
+/// One group's committed offsets on a fixed set of partitions, read through one
+/// client (`Kafka::committed_offsets`).
+pub struct CommittedOffsets {
+    consumer: BaseConsumer,
+    partitions: TopicPartitionList,
+}
+
+impl CommittedOffsets {
+    /// Per partition: the committed offset (absent = none committed yet).
+    pub fn read(&self) -> BTreeMap<i32, i64> {
+        self.consumer
+            .committed_offsets(self.partitions.clone(), TIMEOUT)
+            .expect("committed offsets")
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(offset) => Some((e.partition(), offset)),
+                _ => None,
+            })
+            .collect()
+    }
 }
