@@ -115,8 +115,9 @@ pub struct Args {
     /// Read cache TTL of P4's second producer-api (`CITYPOP_READ_CACHE_TTL`).
     #[arg(long, default_value = "1s")]
     read_cache_ttl: String,
-    /// A further setting for every indexer the bench starts, as `NAME=value` (e.g.
-    /// `CITYPOP_BATCH_MAX_EVENTS=50000`); repeatable. For trying a setting before
+    /// A further setting for every indexer the bench starts, and for the `indexer
+    /// setup` that creates each measure's index and its ceiling's, as `NAME=value`
+    /// (e.g. `CITYPOP_INDEX_SHARDS=6`); repeatable. For trying a setting before
     /// changing its default; the results record it with the others.
     #[arg(long = "indexer-env", value_name = "NAME=value", value_parser = parse_setting)]
     indexer_env: Vec<(String, String)>,

@@ -204,7 +204,7 @@ impl Bench {
                 self.args.cities
             );
             let names = self.names("setup", &topic);
-            setup(&self.stack, &names).await;
+            setup(&self.stack, &names, &self.indexer_settings()).await;
             delete_alias(&self.http, &self.stack.elasticsearch, &names.alias).await?;
             let data = crate::preload::preload(
                 &self.stack.kafka,
@@ -246,7 +246,7 @@ impl Bench {
         operations: usize,
     ) -> anyhow::Result<(f64, Option<f64>)> {
         let names = self.names("ceiling", topic);
-        setup(&self.stack, &names).await;
+        setup(&self.stack, &names, &self.indexer_settings()).await;
         let meter = CpuMeter::start(&[self.engine_pid]);
         let seconds = crate::ceiling::raw_bulk(
             &self.http,
@@ -272,7 +272,7 @@ impl Bench {
                 self.args.cities
             );
             let names = Names::unique("bench-live");
-            setup(&self.stack, &names).await;
+            setup(&self.stack, &names, &self.indexer_settings()).await;
             // One event per city, indexed by the indexer itself: the index must
             // agree with its topic (the indexer refuses an index ahead of it).
             crate::preload::preload(
@@ -382,7 +382,7 @@ pub async fn p1(bench: &mut Bench) -> anyhow::Result<Vec<Record>> {
         let topic = bench.preload(order).await?.data.topic.clone();
         eprintln!("==> P1 ({}): indexer drains the topic", order.name());
         let names = bench.names("p1", &topic);
-        setup(&bench.stack, &names).await;
+        setup(&bench.stack, &names, &bench.indexer_settings()).await;
         let indexer = spawn_indexer_with(
             &bench.stack,
             &names,
@@ -393,6 +393,10 @@ pub async fn p1(bench: &mut Bench) -> anyhow::Result<Vec<Record>> {
         let (rate, cpu) = drain(bench, &names, &indexer, events).await?;
         let rss = crate::memory::peak_rss_bytes(indexer.pid());
         drop(indexer);
+        let (http, engine_url) = (&bench.http, bench.stack.elasticsearch.as_str());
+        let index =
+            crate::pull_ingestion::only_index_behind(http, engine_url, &names.alias).await?;
+        let shards = crate::pull_ingestion::primary_shards(http, engine_url, &index).await?;
         delete_alias(&bench.http, &bench.stack.elasticsearch, &names.alias).await?;
         let [engine, indexer_cpu] = [cpu[0], cpu[1]].map(|c| c.map(|c| micros_per(c, events)));
         let total = engine.zip(indexer_cpu).map(|(a, b)| a + b);
@@ -417,7 +421,11 @@ pub async fn p1(bench: &mut Bench) -> anyhow::Result<Vec<Record>> {
                 "P1",
                 format!("indexer drain, {} (events/s)", order.name()),
                 Target::RatioAtLeast(0.9),
-                sample.clone().ceiling(fair).extra(CPU_CEILING, fair_cpu),
+                sample
+                    .clone()
+                    .ceiling(fair)
+                    .extra(CPU_CEILING, fair_cpu)
+                    .note(format!("index: {shards} shard(s), the ceiling's alike")),
             )
             .against("raw _bulk of every event (/s)"),
         );
@@ -451,7 +459,7 @@ pub async fn p2(bench: &mut Bench) -> anyhow::Result<Vec<Record>> {
         let (topic, event_bodies) = (preload.data.topic.clone(), preload.event_bodies.clone());
         eprintln!("==> P2 ({}): indexer replay of the topic", order.name());
         let names = bench.names("p2", &topic);
-        setup(&bench.stack, &names).await;
+        setup(&bench.stack, &names, &bench.indexer_settings()).await;
         let mut command = indexer_command_builder(
             &bench.stack,
             &names,
@@ -696,10 +704,20 @@ fn rss_record(measure: &str, bytes: Option<u64>, limit: f64) -> Record {
 }
 
 /// Runs `indexer setup` for `names`: its topics (if missing), index template, index
-/// and alias.
-pub async fn setup(stack: &Stack, names: &Names) {
-    let quiet = [("CITYPOP_LOG", "warn".to_owned())];
-    run_indexer_command(stack, names, &["setup"], &quiet, Duration::from_secs(120)).await;
+/// and alias, with the bench's indexer settings (`Bench::indexer_settings`), so the
+/// index has the shards an `--indexer-env` asks for: the indexer started after it
+/// keeps the index it finds, and the ceilings write to one set up alike.
+pub async fn setup(stack: &Stack, names: &Names, settings: &[(&str, String)]) {
+    let mut settings = settings.to_vec();
+    settings.push(("CITYPOP_LOG", "warn".to_owned()));
+    run_indexer_command(
+        stack,
+        names,
+        &["setup"],
+        &settings,
+        Duration::from_secs(120),
+    )
+    .await;
 }
 
 /// Deletes the indices behind `alias` and the index template `indexer setup` named

@@ -518,6 +518,15 @@ async fn verify(
             doc.population
         );
     }
+    primary_shards(http, engine, index).await
+}
+
+/// The primary shard count `index` was created with.
+pub(crate) async fn primary_shards(
+    http: &reqwest::Client,
+    engine: &str,
+    index: &str,
+) -> anyhow::Result<usize> {
     let settings: Value = http
         .get(format!("{engine}/{index}/_settings/index.number_of_shards"))
         .send()
@@ -534,7 +543,7 @@ async fn verify(
     Ok(shards)
 }
 
-async fn only_index_behind(
+pub(crate) async fn only_index_behind(
     http: &reqwest::Client,
     engine: &str,
     alias: &str,
