@@ -47,10 +47,13 @@ fn main() -> anyhow::Result<()> {
     let mut documents = 0usize;
     let mut body_bytes = 0usize;
     let mut pending = messages.into_iter().peekable();
+    // As the fetcher does: room for as many cities as the batch before had.
+    let mut cities_before = 0;
     while pending.peek().is_some() {
         let chunk: Vec<OwnedMessage> = pending.by_ref().take(BATCH_EVENTS).collect();
         let start = Instant::now();
-        let batch = measured_batch(&codec, chunk);
+        let batch = measured_batch(&codec, chunk, cities_before);
+        cities_before = batch.newest.len();
         spent += start.elapsed();
         let survivors: Vec<&Newest> = batch.newest.entries().collect();
         for request in survivors.chunks(BULK_DOCUMENTS) {
@@ -75,8 +78,8 @@ fn main() -> anyhow::Result<()> {
 
 /// What the indexer does as a batch's messages arrive.
 #[inline(never)]
-fn measured_batch(codec: &Codec, messages: Vec<OwnedMessage>) -> Batch {
-    let mut batch = Batch::default();
+fn measured_batch(codec: &Codec, messages: Vec<OwnedMessage>, cities: usize) -> Batch {
+    let mut batch = Batch::with_capacity(cities);
     for message in messages {
         batch.push(codec, message);
     }

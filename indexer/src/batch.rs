@@ -57,6 +57,14 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// An empty batch with room for `cities` (see `NewestPerKey::with_capacity`).
+    pub fn with_capacity(cities: usize) -> Self {
+        Self {
+            newest: NewestPerKey::with_capacity(cities),
+            ..Self::default()
+        }
+    }
+
     pub fn push(&mut self, codec: &Codec, message: OwnedMessage) {
         self.events += 1;
         self.bytes +=

@@ -37,6 +37,15 @@ impl std::fmt::Debug for NewestPerKey {
 }
 
 impl NewestPerKey {
+    /// Room for `keys` cities before the table grows: growing moves every entry
+    /// held, and a round-robin batch of 10,000 cities grew 12 times from empty.
+    pub fn with_capacity(keys: usize) -> Self {
+        Self {
+            messages: HashTable::with_capacity(keys),
+            hasher: DefaultHashBuilder::default(),
+        }
+    }
+
     /// Keeps `message` and its write if it is newer than the one held for its key. A
     /// key lives on one partition, so offsets (the versions) are comparable.
     pub fn offer(&mut self, message: OwnedMessage, write: Write) {

@@ -80,13 +80,15 @@ pub struct Fetcher<'a, C: ConsumerContext + 'static> {
 impl<C: ConsumerContext + 'static> Fetcher<'_, C> {
     /// Waits for a first message, then gathers more until the batch is full or the
     /// first one has waited `linger`. The overflow of the previous batch comes
-    /// first. `None` once `stop` turned true.
+    /// first. `cities` is room made ahead for that many (the previous batch's
+    /// count is a good guess). `None` once `stop` turned true.
     pub async fn gather(
         &self,
         overflow: &mut Vec<OwnedMessage>,
+        cities: usize,
         stop: &mut watch::Receiver<bool>,
     ) -> Option<Batch> {
-        let mut batch = Batch::default();
+        let mut batch = Batch::with_capacity(cities);
         for message in overflow.drain(..) {
             batch.push(self.codec, message);
         }

@@ -112,13 +112,15 @@ where
     let (to_writer, mut batches) = handover();
     let fetch = async move {
         let mut overflow = Vec::new();
+        // The cities of the batch before, to make room for as many in the next.
+        let mut cities = 0;
         loop {
             match plan.before_batch(&mut stop).await? {
                 Next::Gather => {}
                 Next::Drained => return Ok(LoopEnd::Drained),
                 Next::Stopped => return Ok(LoopEnd::Stopped),
             }
-            let gathering = fetcher.gather(&mut overflow, &mut stop);
+            let gathering = fetcher.gather(&mut overflow, cities, &mut stop);
             let gathered = match plan.first_message_within() {
                 None => gathering.await,
                 Some(limit) => tokio::time::timeout(limit, gathering).await.map_err(|_| {
@@ -136,6 +138,7 @@ where
             }
             plan.gathered(&batch);
             fetcher.handed_over(&overflow);
+            cities = batch.newest.len();
             if !to_writer.send(batch).await {
                 return Ok(LoopEnd::Stopped);
             }
