@@ -7,13 +7,14 @@ use std::time::Duration;
 use anyhow::Context;
 use citypop_runtime::KafkaArgs;
 use prometheus_client::metrics::counter::Counter;
+use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use tokio::sync::{OnceCell, watch};
 
 use crate::status::StatusBoard;
 
@@ -133,7 +134,12 @@ pub struct DeadLetterCounters {
 /// it: a poison message must never be skipped unrecorded. A dead letter Kafka can
 /// never take whole (too large, an invalid record) is written as a stub instead.
 pub struct DeadLetters {
-    producer: FutureProducer,
+    /// Made for the first dead letter, not at start: rust-rdkafka's producer polls
+    /// its queue in a thread whose 100 ms waits spin through their last millisecond
+    /// (the time left rounds down to a 0 ms poll), about 1% of a core for as long as
+    /// the producer lives, and most indexers never write a dead letter.
+    producer: OnceCell<FutureProducer>,
+    producer_config: ClientConfig,
     topic: String,
     retry: Retry,
     counters: DeadLetterCounters,
@@ -158,18 +164,22 @@ impl DeadLetters {
         retry: Retry,
         counters: DeadLetterCounters,
     ) -> anyhow::Result<Self> {
-        let producer = kafka
-            .client_config("citypop-indexer-dlq")
+        let mut producer_config = kafka.client_config("citypop-indexer-dlq");
+        producer_config
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set(
                 "message.timeout.ms",
                 DLQ_WRITE_TIMEOUT.as_millis().to_string(),
-            )
-            .create()
-            .context("creating the dead-letter producer")?;
+            );
+        // A setting librdkafka refuses fails the start, as it would if the producer
+        // were made now.
+        producer_config
+            .create_native_config()
+            .context("the dead-letter producer's settings")?;
         Ok(Self {
-            producer,
+            producer: OnceCell::new(),
+            producer_config,
             topic,
             retry,
             counters,
@@ -262,7 +272,11 @@ impl DeadLetters {
         if let (Contents::Whole, Some(payload)) = (copy, payload) {
             record = record.payload(payload);
         }
-        self.producer
+        let producer = self
+            .producer
+            .get_or_try_init(|| async { self.producer_config.create::<FutureProducer>() })
+            .await?;
+        producer
             .send(record, Timeout::After(DLQ_WRITE_TIMEOUT))
             .await
             .map(|_| ())

@@ -1113,3 +1113,43 @@ fn without_colours(text: &str) -> String {
     }
     plain
 }
+
+/// An indexer with nothing to read costs next to no CPU. rust-rdkafka's producer
+/// polls its queue in a thread of its own, in 100 ms waits whose last millisecond
+/// spins (the time left rounds down to a 0 ms poll): about 1% of a core, for as long
+/// as the producer lives, in every indexer, though most never write a dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_indexer_spends_next_to_no_cpu() {
+    let stack = Stack::from_env();
+    let names = Names::unique("idle-cpu");
+    let indexer = spawn_indexer(&stack, &names).await;
+    // Past its start-up: the index, the group's assignment, the guard's verdict.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = cpu_time(indexer.pid());
+    let window = Duration::from_secs(10);
+    tokio::time::sleep(window).await;
+    let spent = cpu_time(indexer.pid()) - before;
+    // Measured here (the tests' debug build): 20-30 ms in 10 s, and 110 ms with the
+    // dead-letter producer made at start.
+    assert!(
+        spent <= window / 200,
+        "an idle indexer spent {spent:?} of CPU in {window:?} (at most {:?} expected)",
+        window / 200
+    );
+}
+
+/// User plus system CPU time of process `pid` so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process runs");
+    // The fields after the parenthesised command name; utime and stime are the 12th
+    // and 13th of those, in USER_HZ ticks (100 per second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("a stat line")
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    Duration::from_millis(ticks * 10)
+}
