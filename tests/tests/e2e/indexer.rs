@@ -14,7 +14,8 @@ use citypop_tests::engine::{create_index, create_narrow_index, documents, update
 use citypop_tests::fault_proxy::FaultProxy;
 use citypop_tests::kafka::{Kafka, now_micros};
 use citypop_tests::{
-    Names, Readiness, Service, Stack, spawn_indexer, spawn_indexer_with, spawn_producer_api,
+    Names, Readiness, Service, Stack, cpu_time, spawn_indexer, spawn_indexer_with,
+    spawn_producer_api,
 };
 use futures::StreamExt;
 use rand::Rng;
@@ -1125,10 +1126,10 @@ async fn an_idle_indexer_spends_next_to_no_cpu() {
     let indexer = spawn_indexer(&stack, &names).await;
     // Past its start-up: the index, the group's assignment, the guard's verdict.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = cpu_time(indexer.pid());
+    let before = cpu_time(indexer.pid()).expect("the indexer runs");
     let window = Duration::from_secs(10);
     tokio::time::sleep(window).await;
-    let spent = cpu_time(indexer.pid()) - before;
+    let spent = cpu_time(indexer.pid()).expect("the indexer runs") - before;
     // Measured here (the tests' debug build): 20-30 ms in 10 s, and 110 ms with the
     // dead-letter producer made at start.
     assert!(
@@ -1136,20 +1137,4 @@ async fn an_idle_indexer_spends_next_to_no_cpu() {
         "an idle indexer spent {spent:?} of CPU in {window:?} (at most {:?} expected)",
         window / 200
     );
-}
-
-/// User plus system CPU time of process `pid` so far.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process runs");
-    // The fields after the parenthesised command name; utime and stime are the 12th
-    // and 13th of those, in USER_HZ ticks (100 per second on Linux).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .expect("a stat line")
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 =
-        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-    Duration::from_millis(ticks * 10)
 }
