@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use citypop_tests::kafka::Kafka;
+use citypop_tests::kafka::{CommittedOffsets, Kafka};
 use citypop_tests::{
     Names, Readiness, Service, Stack, indexer_command_builder, run_indexer_command,
     spawn_indexer_with, spawn_producer_api_with,
@@ -755,17 +755,8 @@ pub async fn drain(
     indexer: &Service,
     events: usize,
 ) -> anyhow::Result<(f64, Vec<Option<Duration>>)> {
-    let kafka = Kafka::connect(&bench.stack.kafka);
-    let ends: BTreeMap<i32, i64> = kafka
-        .end_offsets(&names.topic)
-        .into_iter()
-        .filter(|(_, e)| *e > 0)
-        .collect();
-    // One client for every poll. Two new clients per poll (10 polls a second) took
-    // 3% of this 2-core machine (Kafka 0.04 of a core, the bench 0.02) during the
-    // indexer's drains only, leaving the indexer and its engine less to run on.
-    let committed = kafka.committed_offsets(&names.group, &names.topic, ends.keys().copied());
-    let mut progress = CommitProgress::new(ends.clone(), Instant::now());
+    let target = DrainTarget::new(&Kafka::connect(&bench.stack.kafka), names);
+    let mut progress = target.progress();
     let mut meter = CpuMeter::start(&[bench.engine_pid, Some(indexer.pid())]);
     let started = loop {
         if indexer
@@ -781,18 +772,59 @@ pub async fn drain(
         meter = CpuMeter::start(&[bench.engine_pid, Some(indexer.pid())]);
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    loop {
-        let now = committed.read();
-        if now == ends {
-            let cpu = meter.stop();
-            return Ok((events as f64 / started.elapsed().as_secs_f64(), cpu));
+    target
+        .until_committed(&mut progress, started, Duration::from_secs(3600))
+        .await?;
+    let cpu = meter.stop();
+    Ok((events as f64 / started.elapsed().as_secs_f64(), cpu))
+}
+
+/// What an indexer's drain of a topic must commit (the end offsets of the
+/// partitions that hold events), and a reader of what its group has committed.
+pub struct DrainTarget {
+    ends: BTreeMap<i32, i64>,
+    // One client for every poll. Two new clients per poll (10 polls a second) took
+    // 3% of this 2-core machine (Kafka 0.04 of a core, the bench 0.02) during the
+    // indexer's drains only, leaving the indexer and its engine less to run on.
+    committed: CommittedOffsets,
+}
+
+impl DrainTarget {
+    pub fn new(kafka: &Kafka, names: &Names) -> Self {
+        let ends: BTreeMap<i32, i64> = kafka
+            .end_offsets(&names.topic)
+            .into_iter()
+            .filter(|(_, end)| *end > 0)
+            .collect();
+        let committed = kafka.committed_offsets(&names.group, &names.topic, ends.keys().copied());
+        Self { ends, committed }
+    }
+
+    /// A stall watch over this drain, from now.
+    pub fn progress(&self) -> CommitProgress {
+        CommitProgress::new(self.ends.clone(), Instant::now())
+    }
+
+    /// Polls until the group has committed every end offset; fails once `progress`
+    /// sees the drain stop moving, or `timeout` after `since`.
+    pub async fn until_committed(
+        &self,
+        progress: &mut CommitProgress,
+        since: Instant,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        loop {
+            let committed = self.committed.read();
+            if committed == self.ends {
+                return Ok(());
+            }
+            progress.observe(committed, Instant::now())?;
+            anyhow::ensure!(
+                since.elapsed() < timeout,
+                "the indexer did not drain the topic within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        progress.observe(now, Instant::now())?;
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(3600),
-            "the indexer did not drain the topic within an hour"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

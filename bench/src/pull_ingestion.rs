@@ -23,12 +23,12 @@ use rdkafka::producer::FutureRecord;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::measures::{Bench, Record};
+use crate::measures::{Bench, DrainTarget, Record};
 use crate::preload::{self, Order};
 use crate::report::{
     CPU_CEILING, CPU_CITYPOP, CPU_ENGINE, CPU_TOTAL, Sample as ReportSample, Target,
 };
-use crate::stall::{CommitProgress, Watch};
+use crate::stall::Watch;
 
 /// Sends in flight at once while filling the two topics.
 const IN_FLIGHT: usize = 10_000;
@@ -306,32 +306,16 @@ async fn indexer_drain(
 ) -> anyhow::Result<(Drain, usize)> {
     let (stack, http, events) = (&bench.stack, &bench.http, bench.args.events);
     let env = bench.indexer_settings();
-    let kafka = Kafka::connect(&stack.kafka);
-    let ends: std::collections::BTreeMap<i32, i64> = kafka
-        .end_offsets(&names.topic)
-        .into_iter()
-        .filter(|(_, end)| *end > 0)
-        .collect();
-    // One client for every poll (see `measures::drain`), made before the clock starts.
-    let committed = kafka.committed_offsets(&names.group, &names.topic, ends.keys().copied());
+    // Made before the clock starts: its Kafka client is the bench's, not the drain's.
+    let target = DrainTarget::new(&Kafka::connect(&stack.kafka), names);
     // Timed from the start of the process, as pull ingestion is from the creation of
     // its index: both then pay for creating the index and starting their consumers.
     let mut start = CpuAt::take(engine_pid, None)?;
     start.indexer = Some(Duration::ZERO);
     let indexer = spawn_indexer_with(stack, names, &env, Readiness::Ready).await;
-    let mut progress = CommitProgress::new(ends.clone(), Instant::now());
-    loop {
-        let now = committed.read();
-        if now == ends {
-            break;
-        }
-        progress.observe(now, Instant::now())?;
-        ensure!(
-            start.at.elapsed() < DRAIN_TIMEOUT,
-            "the indexer did not drain the topic"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    target
+        .until_committed(&mut target.progress(), start.at, DRAIN_TIMEOUT)
+        .await?;
     let end = CpuAt::take(engine_pid, Some(indexer.pid()))?;
     indexer.terminate().await;
     let drain = start.drain(&end, events);
