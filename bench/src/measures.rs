@@ -156,6 +156,23 @@ impl Bench {
     }
 
     /// The settings every indexer the bench starts is given.
+    /// Runs `indexer setup` for `names`: its topics (if missing), index template, index
+    /// and alias, with the bench's indexer settings, so the index has the shards an
+    /// `--indexer-env` asks for: the indexer started after it keeps the index it
+    /// finds, and the ceilings write to one set up alike.
+    pub async fn setup(&self, names: &Names) {
+        let mut settings = self.indexer_settings();
+        settings.push(("CITYPOP_LOG", "warn".to_owned()));
+        run_indexer_command(
+            &self.stack,
+            names,
+            &["setup"],
+            &settings,
+            Duration::from_secs(120),
+        )
+        .await;
+    }
+
     pub fn indexer_settings(&self) -> Vec<(&str, String)> {
         let mut settings = vec![
             (
@@ -204,7 +221,7 @@ impl Bench {
                 self.args.cities
             );
             let names = self.names("setup", &topic);
-            setup(&self.stack, &names, &self.indexer_settings()).await;
+            self.setup(&names).await;
             delete_alias(&self.http, &self.stack.elasticsearch, &names.alias).await?;
             let data = crate::preload::preload(
                 &self.stack.kafka,
@@ -246,7 +263,7 @@ impl Bench {
         operations: usize,
     ) -> anyhow::Result<(f64, Option<f64>)> {
         let names = self.names("ceiling", topic);
-        setup(&self.stack, &names, &self.indexer_settings()).await;
+        self.setup(&names).await;
         let meter = CpuMeter::start(&[self.engine_pid]);
         let seconds = crate::ceiling::raw_bulk(
             &self.http,
@@ -272,7 +289,7 @@ impl Bench {
                 self.args.cities
             );
             let names = Names::unique("bench-live");
-            setup(&self.stack, &names, &self.indexer_settings()).await;
+            self.setup(&names).await;
             // One event per city, indexed by the indexer itself: the index must
             // agree with its topic (the indexer refuses an index ahead of it).
             crate::preload::preload(
@@ -382,7 +399,7 @@ pub async fn p1(bench: &mut Bench) -> anyhow::Result<Vec<Record>> {
         let topic = bench.preload(order).await?.data.topic.clone();
         eprintln!("==> P1 ({}): indexer drains the topic", order.name());
         let names = bench.names("p1", &topic);
-        setup(&bench.stack, &names, &bench.indexer_settings()).await;
+        bench.setup(&names).await;
         let indexer = spawn_indexer_with(
             &bench.stack,
             &names,
@@ -459,7 +476,7 @@ pub async fn p2(bench: &mut Bench) -> anyhow::Result<Vec<Record>> {
         let (topic, event_bodies) = (preload.data.topic.clone(), preload.event_bodies.clone());
         eprintln!("==> P2 ({}): indexer replay of the topic", order.name());
         let names = bench.names("p2", &topic);
-        setup(&bench.stack, &names, &bench.indexer_settings()).await;
+        bench.setup(&names).await;
         let mut command = indexer_command_builder(
             &bench.stack,
             &names,
@@ -701,23 +718,6 @@ fn rss_record(measure: &str, bytes: Option<u64>, limit: f64) -> Record {
         Target::AtMost(limit),
         Sample::new(mib(bytes)),
     )
-}
-
-/// Runs `indexer setup` for `names`: its topics (if missing), index template, index
-/// and alias, with the bench's indexer settings (`Bench::indexer_settings`), so the
-/// index has the shards an `--indexer-env` asks for: the indexer started after it
-/// keeps the index it finds, and the ceilings write to one set up alike.
-pub async fn setup(stack: &Stack, names: &Names, settings: &[(&str, String)]) {
-    let mut settings = settings.to_vec();
-    settings.push(("CITYPOP_LOG", "warn".to_owned()));
-    run_indexer_command(
-        stack,
-        names,
-        &["setup"],
-        &settings,
-        Duration::from_secs(120),
-    )
-    .await;
 }
 
 /// Deletes the indices behind `alias` and the index template `indexer setup` named

@@ -111,14 +111,7 @@ impl Twins {
         let stack = &bench.stack;
         let avro = Names::unique(&format!("bench-p7-{}", order.name()));
         let json_topic = format!("{}-pull-json", avro.topic);
-        citypop_tests::run_indexer_command(
-            stack,
-            &avro,
-            &["setup"],
-            &[("CITYPOP_LOG", "warn".to_owned())],
-            Duration::from_secs(120),
-        )
-        .await;
+        bench.setup(&avro).await;
         let kafka = Kafka::connect(&stack.kafka);
         let partitions = kafka.end_offsets(&avro.topic).len();
         ensure!(partitions > 0, "indexer setup left no topic {}", avro.topic);
